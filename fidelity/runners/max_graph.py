@@ -1,0 +1,214 @@
+"""The MAX Graph candidate: compiled stage graphs, chained or isolated.
+
+Four stage kinds (conv stem, attention sub-block, MLP sub-block, ln_post) are each
+compiled once and initialised once per block with that block's weights, so the
+compile count does not grow with the number of layers. Every tap of a stage is a
+graph output. A chained run feeds each stage the previous stage's output; an
+isolated run feeds each stage the reference's input for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from max.driver import CPU, Accelerator, accelerator_count
+from max.dtype import DType
+from max.engine import InferenceSession, Model
+from max.graph import DeviceRef, Graph, TensorType
+from whisper.model import ModelDimensions
+
+from ..checkpoints import cache_dir
+from ..errors import FidelityError
+from . import max_stages as max_stages_module
+from .max_stages import DTYPES, Numerics, StageBuilder
+
+log = logging.getLogger(__name__)
+
+STAGE_KINDS = ("conv_stem", "attn", "mlp", "ln_post")
+DEVICES = ("cpu", "gpu")
+
+
+def stage_kind(stage: str) -> str:
+    return stage.rsplit(".", 1)[-1] if stage.startswith("blocks.") else stage
+
+
+def block_prefix(stage: str) -> str:
+    """`blocks.2.attn` -> `encoder.blocks.2.`; empty for the global stages."""
+    return "encoder." + stage.rsplit(".", 1)[0] + "." if stage.startswith("blocks.") else ""
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """What defines a compiled candidate (besides the checkpoint's dimensions)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    numerics: Numerics = field(default_factory=Numerics)
+    attention_weights: bool = False
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise FidelityError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise FidelityError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+
+
+_SESSIONS: dict[str, tuple[InferenceSession, object]] = {}
+
+
+def session_for(device: str) -> tuple[InferenceSession, object]:
+    """One InferenceSession per device per process."""
+    if device not in _SESSIONS:
+        if device == "gpu":
+            if accelerator_count() == 0:
+                raise FidelityError("--device gpu: MAX sees no accelerator on this machine")
+            dev = Accelerator()
+        else:
+            dev = CPU()
+        _SESSIONS[device] = (InferenceSession(devices=[dev]), dev)
+    return _SESSIONS[device]
+
+
+def device_ref(device: str) -> DeviceRef:
+    return DeviceRef.GPU(0) if device == "gpu" else DeviceRef.CPU()
+
+
+def stage_input_type(dims: ModelDimensions, kind: str, device: str) -> TensorType:
+    if kind == "conv_stem":
+        shape = ["batch", dims.n_mels, 2 * dims.n_audio_ctx]
+    else:
+        shape = ["batch", dims.n_audio_ctx, dims.n_audio_state]
+    return TensorType(DType.float32, shape, device=device_ref(device))
+
+
+def build_stage_graph(dims: ModelDimensions, kind: str, config: CandidateConfig) -> tuple[Graph, list[str], list[str]]:
+    """A graph for one stage kind: (graph, emitted tap names, weight names)."""
+    emitted: list[str] = []
+    outputs = []
+
+    def emit(name, value):
+        if name == "attn.weights" and not config.attention_weights:
+            return
+        emitted.append(name)
+        outputs.append(value.cast(DType.float32))
+
+    name = f"whisper_{kind}_{config.device}_{config.dtype}"
+    with Graph(name, input_types=[stage_input_type(dims, kind, config.device)]) as graph:
+        builder = StageBuilder(dims, config.dtype, device_ref(config.device), config.numerics)
+        x = graph.inputs[0].tensor
+        if kind == "conv_stem":
+            builder.conv_stem(x, emit)
+        elif kind == "attn":
+            builder.attention(x, "", emit)
+        elif kind == "mlp":
+            builder.mlp(x, "", emit)
+        else:
+            builder.ln_post(x, emit)
+        graph.output(*outputs)
+    return graph, emitted, list(builder._weights)
+
+
+class CompiledStage:
+    """One stage kind, compiled once; `bind` makes a runnable model per weight set."""
+
+    def __init__(self, dims: ModelDimensions, kind: str, config: CandidateConfig):
+        self.kind, self.config = kind, config
+        graph, self.tap_names, self.weight_names = build_stage_graph(dims, kind, config)
+        self.compiled, self.compile_seconds, self.from_cache = compile_graph(
+            graph, f"{kind}-{_spec_key(dims, kind, config)}", config.device)
+
+    def bind(self, registry: dict[str, object]) -> Model:
+        session, _ = session_for(self.config.device)
+        return session.init(self.compiled, weights_registry=registry)
+
+
+def compile_graph(graph: Graph, key: str, device: str):
+    """Compile `graph`, or load the MEF exported under `key` by an earlier run.
+
+    Returns (compiled model, seconds, whether it came from the MEF store).
+    """
+    session, _ = session_for(device)
+    path = mef_dir() / f"{key}.mef"
+    start = time.perf_counter()
+    if path.is_file():
+        try:
+            return session.compile(path), time.perf_counter() - start, True
+        except Exception as exc:  # a stale or truncated file: compile afresh
+            log.warning("ignoring unusable cached graph %s (%s)", path, str(exc).splitlines()[0])
+    label = key.split("-")[0]
+    log.info("compiling MAX graph %s on %s (first time only: a minute or more on a CPU)", label, device)
+    try:
+        with _progress(f"still compiling {label}"):
+            compiled = session.compile(graph)
+    except Exception as exc:  # MAX raises plain RuntimeErrors
+        raise FidelityError(f"MAX failed to compile {label}: {str(exc).splitlines()[0]}") from exc
+    seconds = time.perf_counter() - start
+    log.info("compiled %s in %.1f s", key.split("-")[0], seconds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    compiled.export_mef(tmp)
+    tmp.replace(path)
+    return compiled, seconds, False
+
+
+@contextlib.contextmanager
+def _progress(message: str, every: float = 20.0):
+    """Log `message` with the elapsed time every `every` seconds until the block ends."""
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def tick():
+        while not done.wait(every):
+            log.info("%s (%.0f s)", message, time.perf_counter() - start)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def mef_dir() -> Path:
+    return cache_dir() / "mef" / f"max-{max_version()}"
+
+
+def max_version() -> str:
+    return importlib.metadata.version("max")
+
+
+@functools.cache
+def _source_digest() -> str:
+    """Digest of the code that builds graphs: a change to it invalidates stored MEFs."""
+    digest = hashlib.sha256()
+    for module in (max_stages_module, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _spec_key(dims: ModelDimensions, kind: str, config: CandidateConfig) -> str:
+    spec = {"dims": asdict(dims), "kind": kind, "config": asdict(config), "source": _source_digest()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+_COMPILED: dict[tuple, CompiledStage] = {}
+
+
+def compiled_stage(dims: ModelDimensions, kind: str, config: CandidateConfig) -> CompiledStage:
+    """A stage kind compiled once per process, and once per machine through the MEF store."""
+    key = (json.dumps(asdict(dims), sort_keys=True), kind, config)
+    if key not in _COMPILED:
+        _COMPILED[key] = CompiledStage(dims, kind, config)
+    return _COMPILED[key]

@@ -1,0 +1,29 @@
+"""Error budgets, as data: how many times the reference's own noise floor a tap may show.
+
+The floor of a tap is the error of openai-whisper run in the candidate's precision
+against openai-whisper in float64. A candidate in float32 on the CPU sits at about
+1-3x that floor; a budget of 10x leaves room for a different but sound order of
+operations while still catching a changed epsilon or GELU form. Per-tap overrides
+are globs over tap names, checked in order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+NOISE_FLOOR_BUDGET: dict[str, float] = {
+    "float32": 10.0,
+    "bfloat16": 10.0,
+    "float16": 10.0,
+}
+
+# (tap glob, candidate dtype or "*", budget)
+TAP_OVERRIDES: list[tuple[str, str, float]] = []
+
+
+def budget_for(tap: str, dtype: str) -> float:
+    """The noise-floor-ratio budget of `tap` for a candidate in `dtype`."""
+    for pattern, for_dtype, budget in TAP_OVERRIDES:
+        if fnmatch.fnmatchcase(tap, pattern) and for_dtype in ("*", dtype):
+            return budget
+    return NOISE_FLOOR_BUDGET[dtype]
