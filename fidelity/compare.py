@@ -21,12 +21,14 @@ from pathlib import Path
 from . import audio, checkpoints
 from . import taps as tapmod
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .e2e import compare_transcripts, max_encoder, noise_sweep, transcribe_with
+from .errors import FidelityError
+from .faults import faulty_candidate, get_fault
 from .pipeline import References, compare_candidate
 from .report.files import atomic_dir, build_report, write_dumps, write_report
-from .report.table import format_summary, format_table
+from .report.table import format_e2e, format_summary, format_table
 from .runners.max_graph import DEVICES, CandidateConfig
-from .runners.max_runner import MaxRunner
-from .runners.max_stages import DTYPES
+from .runners.max_stages import DTYPES, Numerics
 
 log = logging.getLogger("fidelity.compare")
 
@@ -55,11 +57,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--isolate", action="store_true",
                         help="also run each MAX stage on the reference's input, to separate each stage's "
                              "own (local) error from what it inherited")
+    parser.add_argument("--capture", default="staged", choices=["staged", "fused"],
+                        help="how MAX taps are captured: 'staged' (one graph per stage kind, the default) or "
+                             "'fused' (one whole-encoder graph with every tap an output)")
+    parser.add_argument("--consistency", action="store_true",
+                        help="recompute each stage from the candidate's own captured input and flag captured "
+                             "taps it does not reproduce (a capture problem, not a numerical one)")
+    parser.add_argument("--attention", default="matmul", choices=["matmul", "flash"],
+                        help="MAX attention: softmax(q k^T) v as matmuls (default), or the fused "
+                             "flash_attention_gpu kernel (GPU only; no attention-weights tap)")
+    parser.add_argument("--fault", default=None, metavar="NAME",
+                        help="inject a catalogued porting bug into the MAX candidate "
+                             "(python -m fidelity.faults --list shows them)")
+    parser.add_argument("--e2e", action="store_true",
+                        help="also transcribe the whole clip with openai-whisper, once with its own encoder and "
+                             "once with the MAX encoder (greedy, temperature 0), and compare the words")
+    parser.add_argument("--text", type=Path, default=None,
+                        help="ground-truth transcript for --e2e (the shipped clips bring their own)")
+    parser.add_argument("--sensitivity", default=None, metavar="TAP",
+                        help="with --e2e: add noise at this stage output (e.g. encoder.blocks.1.resid_post) "
+                             "and report how the transcript changes")
+    parser.add_argument("--noise-levels", default="0.001,0.01,0.03,0.1,0.3",
+                        help="noise RMS as fractions of the tap's RMS, for --sensitivity")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default reports/run-<time>); replaced if it holds an earlier report")
     parser.add_argument("--dump", nargs="?", type=Path, const=True, default=None, metavar="DIR",
                         help="save every compared tensor of both sides as .npz (default folder: "
                              "layer_dumps/<report folder name>)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: plots, the coloured table, transcript diff (self-contained)")
+    parser.add_argument("--heatmap-tap", default=None, metavar="TAP",
+                        help="tap for the HTML time x channel error map (default: the first divergence, "
+                             "else encoder.ln_post)")
     parser.add_argument("--list-taps", action="store_true", help="print the model's taps with shapes and exit")
     add_logging_flags(parser)
     return parser
@@ -80,9 +109,18 @@ def _compare(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{tap.name:44s} {'x'.join(map(str, tap.shape)):>14s}  {tap.description}{extra}\n")
         return EXIT_OK
     selected = tapmod.select_taps(checkpoint.dims, args.layer)
-    config = CandidateConfig(device=args.device, dtype=args.dtype,
+    if args.heatmap_tap and args.heatmap_tap not in {t.name for t in selected}:
+        raise FidelityError(f"--heatmap-tap {args.heatmap_tap} is not among the selected taps")
+    config = CandidateConfig(device=args.device, dtype=args.dtype, numerics=Numerics(attention=args.attention),
                              attention_weights=any(t.optional for t in selected))
-    clip = audio.load_audio(args.audio)
+    if config.attention_weights and args.attention == "flash":
+        raise FidelityError("flash attention never forms the attention weights: select other taps")
+    fault = get_fault(args.fault, checkpoint.dims) if args.fault else None
+    if (args.text or args.sensitivity) and not args.e2e:
+        raise FidelityError("--text and --sensitivity need --e2e")
+    truth = read_truth(args.text, args.audio) if args.e2e else None
+    levels = parse_levels(args.noise_levels) if args.sensitivity else []
+    clip = audio.load_audio(args.audio, allow_silent=args.e2e)
     out = args.out or REPORTS_DIR / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     dump = (DUMPS_DIR / out.name if args.dump is True else args.dump)
     log.info("model %s", checkpoint.summary())
@@ -91,29 +129,80 @@ def _compare(args: argparse.Namespace) -> int:
 
     references = References(checkpoint, args.dtype, args.device, tf32=args.tf32 == "on",
                             attention_weights=config.attention_weights)
-    candidate = MaxRunner(checkpoint, config)
+    candidate = faulty_candidate(checkpoint, fault, config, fused=args.capture == "fused")
     comparison = compare_candidate(candidate, references, mel, selected, isolate=args.isolate,
-                                   keep_arrays=dump is not None)
+                                   keep_arrays=dump is not None, consistency=args.consistency,
+                                   keep_errors=args.html)
     comparison.timings["compile_s"] = candidate.compile_seconds
+    e2e = run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels) if args.e2e else None
     comparison.timings["total_s"] = time.perf_counter() - started
     context = {
         "model": {"name": checkpoint.name, "dims": asdict(checkpoint.dims)},
         "audio": {"source": clip.source, "seconds": round(clip.seconds, 3), "windows": len(mel),
                   "window_starts": audio.window_starts(clip)},
         "device": args.device, "dtype": args.dtype, "tf32": args.tf32 == "on",
-        "layer": args.layer, "command": " ".join(sys.argv),
+        "layer": args.layer, "fault": args.fault, "capture": args.capture, "attention": args.attention,
+        "command": " ".join(sys.argv),
     }
     doc = build_report(comparison, context)
+    if e2e is not None:
+        doc["e2e"] = e2e
     with atomic_dir(out, "report.json") as folder:
         write_report(doc, folder)
+        if args.html:
+            from .report.html import render_html  # matplotlib costs ~1 s to import: only when asked
+
+            (folder / "report.html").write_text(render_html(doc, comparison.errors, args.heatmap_tap))
         if dump is not None:
             with atomic_dir(dump, "meta.json") as dump_folder:
                 write_dumps(comparison.arrays, dump_folder,
                             {"report": str(out), "taps": [t.name for t in selected], **context})
     sys.stdout.write(format_table(doc) + "\n\n" + format_summary(doc) + "\n")
+    if e2e is not None:
+        sys.stdout.write(format_e2e(e2e) + "\n")
     log.info("report written to %s%s (%.1f s)", out, f", dumps to {dump}" if dump else "",
              time.perf_counter() - started)
-    return EXIT_FAIL if doc["first_divergence"] else EXIT_OK
+    transcript_changed = e2e is not None and not e2e["identical"]
+    return EXIT_FAIL if doc["first_divergence"] or transcript_changed else EXIT_OK
+
+
+def run_e2e(checkpoint, clip, candidate, truth: str | None, sensitivity: str | None, levels: list[float]) -> dict:
+    """Transcribe with both encoders and compare; optionally sweep noise at one tap."""
+    model = checkpoint.whisper_model()
+    log.info("transcribing %.1f s with openai-whisper's encoder", clip.seconds)
+    reference = transcribe_with(model, clip.samples, model.encoder)
+    log.info("transcribing %.1f s with the MAX encoder", clip.seconds)
+    result = compare_transcripts(model, reference, transcribe_with(model, clip.samples, max_encoder(candidate)),
+                                 truth)
+    if sensitivity:
+        result["sensitivity"] = {"tap": sensitivity,
+                                 "rows": noise_sweep(model, clip.samples, candidate, sensitivity, levels,
+                                                     reference.text)}
+    return result
+
+
+def read_truth(path: Path | None, audio_path: Path) -> str | None:
+    """The ground-truth text: --text, or the text shipped beside a shipped clip."""
+    if path is None:
+        shipped = audio_path.with_suffix(".txt")
+        return shipped.read_text().strip() if audio_path.parent == audio.DATA_DIR and shipped.is_file() else None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FidelityError(f"cannot read ground-truth text {path}: {exc}") from exc
+    if not text:
+        raise FidelityError(f"ground-truth text {path} is empty")
+    return text
+
+
+def parse_levels(text: str) -> list[float]:
+    try:
+        levels = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FidelityError(f"--noise-levels: {text!r} is not a comma list of numbers") from None
+    if not levels or any(not 0 < x < 10 for x in levels):
+        raise FidelityError("--noise-levels must be numbers between 0 and 10")
+    return levels
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class TapStats:
     noise_floor_ratio: float
     finite: bool = True
     shape_ok: bool = True
+    ran: bool = True
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -87,6 +88,12 @@ def mismatch(candidate_shape: tuple[int, ...], reference_shape: tuple[int, ...])
     """Statistics for a tap whose candidate shape differs from the reference."""
     nan = float("nan")
     return TapStats(tuple(candidate_shape), nan, nan, nan, (), nan, nan, nan, nan, nan, nan, nan, shape_ok=False)
+
+
+def not_run(reference_shape: tuple[int, ...]) -> TapStats:
+    """Statistics for a tap the candidate never produced (its chain broke earlier)."""
+    nan = float("nan")
+    return TapStats(tuple(reference_shape), nan, nan, nan, (), nan, nan, nan, nan, nan, nan, nan, ran=False)
 
 
 def rmse_between(a: np.ndarray, b: np.ndarray) -> float:

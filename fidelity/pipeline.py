@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checkpoints import Checkpoint
-from .metrics import TapStats, compare
+from .metrics import TapStats, compare, not_run, rmse_between
 from .runners.max_runner import MaxRunner
 from .runners.torch_ref import TorchRunner
 from .taps import Tap, encoder_taps, stage_input, stage_names
 from .tolerances import budget_for
-from .verdicts import TapResult, first_divergence, judge
+from .verdicts import TapResult, first_divergence, judge, judge_consistency
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class Comparison:
     isolated: bool
     timings: dict = field(default_factory=dict)
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    errors: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> |candidate - float64|, one window
 
     @property
     def first_divergence(self) -> str | None:
@@ -91,17 +92,26 @@ class Comparison:
 
 
 def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndarray, taps: list[Tap],
-                      isolate: bool = False, keep_arrays: bool = False) -> Comparison:
-    """Judge every selected tap of `candidate` on every window of `mel` (windows, n_mels, frames)."""
+                      isolate: bool = False, keep_arrays: bool = False, consistency: bool = False,
+                      keep_errors: bool = False) -> Comparison:
+    """Judge every selected tap of `candidate` on every window of `mel` (windows, n_mels, frames).
+
+    `isolate` adds each stage's local error (the stage on the reference's input);
+    `consistency` recomputes each stage from the candidate's own captured input and
+    flags captured taps that their recomputation does not reproduce. `keep_errors`
+    keeps each tap's absolute error (float32) from its worst window, for plots.
+    """
     dtype = candidate.config.dtype
     best: dict[str, TapResult] = {}
     windows, timings = [], {"candidate_s": 0.0, "reference_s": 0.0, "metrics_s": 0.0}
     kept: dict[str, dict[str, list]] = {"candidate": {}, "reference": {}, "reference64": {}}
+    errors: dict[str, np.ndarray] = {}
     for index in range(len(mel)):
         window = mel[index:index + 1]
         start = time.perf_counter()
         cand = candidate.run(window)
         cand_local = candidate.run_isolated(window, references.stage_inputs(window)) if isolate else None
+        recomputed = candidate.run_isolated(window, _own_inputs(candidate, cand)) if consistency else None
         timings["candidate_s"] += time.perf_counter() - start
         start = time.perf_counter()
         truth, floor = references.chained(window)
@@ -111,14 +121,19 @@ def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndar
         rows = []
         for tap in taps:
             budget = budget_for(tap.name, dtype)
-            stats = compare(cand[tap.name], truth[tap.name], floor[tap.name])
+            stats = (compare(cand[tap.name], truth[tap.name], floor[tap.name]) if tap.name in cand
+                     else not_run(truth[tap.name].shape))
             local = compare(cand_local[tap.name], truth[tap.name], floor_local[tap.name]) if isolate else None
+            ratio = _consistency(recomputed, cand, tap.name, stats) if consistency else None
             rows.append(TapResult(tap.name, tap.stage, stats, budget, judge(stats, budget), index,
-                                  local, judge(local, budget) if local else None))
+                                  local, judge(local, budget) if local else None,
+                                  ratio, judge_consistency(ratio, budget) if ratio is not None else None))
         timings["metrics_s"] += time.perf_counter() - start
         for row in rows:
             if row.name not in best or _worse(row.stats, best[row.name].stats):
                 best[row.name] = row
+                if keep_errors and row.stats.ran and row.stats.shape_ok:
+                    errors[row.name] = np.abs(cand[row.name][0] - truth[row.name][0]).astype(np.float32)
         windows.append({"index": index, "first_divergence": first_divergence(rows, local=isolate),
                         "ln_post": _summary(rows, "encoder.ln_post")})
         if keep_arrays:
@@ -128,7 +143,24 @@ def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndar
         log.info("window %d/%d compared", index + 1, len(mel))
     arrays = {side: {name: np.concatenate(parts) for name, parts in by_tap.items()}
               for side, by_tap in kept.items()} if keep_arrays else {}
-    return Comparison([best[t.name] for t in taps], windows, isolate, timings, arrays)
+    return Comparison([best[t.name] for t in taps], windows, isolate, timings, arrays, errors)
+
+
+def _own_inputs(candidate: MaxRunner, captured: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    dims = candidate.dims
+    names = {s: stage_input(dims, s) for s in stage_names(dims) if s != "conv_stem"}
+    return {s: captured[name] for s, name in names.items() if name in captured}
+
+
+def _consistency(recomputed: dict, captured: dict, name: str, stats: TapStats) -> float | None:
+    """RMS gap between a captured tap and its recomputation, in units of the tap's noise floor."""
+    if name not in recomputed or name not in captured:
+        return None
+    gap = rmse_between(recomputed[name], captured[name])
+    floor = stats.noise_floor if math.isfinite(stats.noise_floor) and stats.noise_floor > 0 else 0.0
+    if floor == 0.0:
+        return 0.0 if gap == 0.0 else math.inf
+    return gap / floor
 
 
 def _worse(a: TapStats, b: TapStats) -> bool:

@@ -27,3 +27,27 @@ def budget_for(tap: str, dtype: str) -> float:
         if fnmatch.fnmatchcase(tap, pattern) and for_dtype in ("*", dtype):
             return budget
     return NOISE_FLOOR_BUDGET[dtype]
+
+
+# The CI gate: how much worse than the baseline a statistic may get before it is a
+# regression. A statistic regresses when its badness exceeds
+#   baseline badness * factor + slack
+# where badness is the statistic turned into "bigger is worse".
+GATE_TOLERANCES: dict[str, dict[str, float]] = {
+    "cosine": {"factor": 2.0, "slack": 1e-9},             # badness: 1 - cosine
+    "rel_l2": {"factor": 1.5, "slack": 1e-7},
+    "std_ratio": {"factor": 2.0, "slack": 1e-5},          # badness: |std_ratio - 1|
+    "bias": {"factor": 2.0, "slack": 1e-6},               # badness: |bias|
+    "noise_floor_ratio": {"factor": 1.5, "slack": 0.5},
+}
+
+
+def badness(statistic: str, value: float) -> float:
+    """A statistic as a number where larger means further from the reference."""
+    if statistic == "cosine":
+        return 1.0 - value
+    if statistic == "std_ratio":
+        return abs(value - 1.0)
+    if statistic == "bias":
+        return abs(value)
+    return value

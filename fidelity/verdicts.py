@@ -7,11 +7,14 @@ from dataclasses import dataclass
 
 from .metrics import TapStats
 
-OK, DIVERGED, NONFINITE, SHAPE = "ok", "diverged", "nonfinite", "shape_mismatch"
+OK, DIVERGED, NONFINITE, SHAPE, NOT_RUN = "ok", "diverged", "nonfinite", "shape_mismatch", "not_run"
+INCONSISTENT = "inconsistent"  # a captured tap its own consumer does not reproduce: a capture problem
 
 
 def judge(stats: TapStats, budget: float) -> str:
     """`ok` when the error is within `budget` times the noise floor."""
+    if not stats.ran:
+        return NOT_RUN
     if not stats.shape_ok:
         return SHAPE
     if not stats.finite:
@@ -34,6 +37,8 @@ class TapResult:
     window: int = 0
     local: TapStats | None = None      # isolation: the stage run on the reference's input
     local_verdict: str | None = None
+    consistency: float | None = None   # recomputed-from-own-input vs captured, in noise floors
+    consistency_verdict: str | None = None
 
     def as_dict(self) -> dict:
         row = {"name": self.name, "stage": self.stage, **self.stats.as_dict(),
@@ -43,6 +48,9 @@ class TapResult:
                 if key not in ("shape",):
                     row[f"local_{key}"] = value
             row["local_verdict"] = self.local_verdict
+        if self.consistency_verdict is not None:
+            row["consistency_ratio"] = self.consistency if math.isfinite(self.consistency) else None
+            row["consistency_verdict"] = self.consistency_verdict
         return row
 
 
@@ -53,3 +61,12 @@ def first_divergence(rows: list[TapResult], local: bool = False) -> str | None:
         if verdict is not None and verdict != OK:
             return row.name
     return None
+
+
+def judge_consistency(ratio: float, budget: float) -> str:
+    """`ok` when recomputing a stage from its captured input reproduces the captured tap."""
+    return OK if math.isfinite(ratio) and ratio <= budget else INCONSISTENT
+
+
+def capture_problems(rows: list[TapResult]) -> list[str]:
+    return [row.name for row in rows if row.consistency_verdict == INCONSISTENT]

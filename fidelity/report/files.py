@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FidelityError
+from ..verdicts import capture_problems
 
 REPORT_VERSION = 1
 CSV_COLUMNS = ["name", "stage", "shape", "cosine", "rel_l2", "max_abs", "max_abs_at", "bias", "std_ratio",
@@ -42,6 +43,7 @@ def build_report(comparison, context: dict) -> dict:
         "isolated": comparison.isolated,
         "first_divergence": comparison.first_divergence,
         "first_divergence_chained": comparison.first_divergence_chained,
+        "capture_problems": capture_problems(comparison.rows),
         "windows": comparison.windows,
         "timings": {k: round(v, 3) for k, v in comparison.timings.items()},
         "taps": taps,

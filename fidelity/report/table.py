@@ -15,8 +15,11 @@ def format_table(doc: dict) -> str:
     """Rows of report.json's `taps` as an aligned text table."""
     isolated = doc.get("isolated", False)
     header = ["tap", "shape", "cosine", "rel_l2", "max_abs", "bias", "std_ratio", "floor_x", "verdict"]
+    consistency = any("consistency_verdict" in row for row in doc["taps"])
     if isolated:
         header += ["local_floor_x", "local_verdict"]
+    if consistency:
+        header += ["recompute_x", "capture"]
     lines = [header]
     for row in doc["taps"]:
         line = [
@@ -32,11 +35,14 @@ def format_table(doc: dict) -> str:
         ]
         if isolated:
             line += [_num(row.get("local_noise_floor_ratio"), ".2f"), (row.get("local_verdict") or "-")]
+        if consistency:
+            line += [_num(row.get("consistency_ratio"), ".2f"), (row.get("consistency_verdict") or "-")]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    left = {"tap", "shape", "verdict", "local_verdict", "capture"}
     out = []
     for n, line in enumerate(lines):
-        cells = [cell.ljust(w) if i < 2 or i >= len(header) - (3 if isolated else 1) else cell.rjust(w)
+        cells = [cell.ljust(w) if header[i] in left else cell.rjust(w)
                  for i, (cell, w) in enumerate(zip(line, widths))]
         out.append("  ".join(cells).rstrip())
         if n == 0:
@@ -52,8 +58,36 @@ def format_summary(doc: dict) -> str:
     lines.append(f"first divergence by {kind}: {first or 'none'}")
     if doc.get("isolated") and doc.get("first_divergence_chained") != first:
         lines.append(f"first divergence by chained error: {doc.get('first_divergence_chained') or 'none'}")
+    if doc.get("capture_problems"):
+        lines.append(f"capture problems (a captured tap its own recomputation does not reproduce): "
+                     f"{', '.join(doc['capture_problems'])}")
     post = next((r for r in doc["taps"] if r["name"] == "encoder.ln_post"), None)
     if post and post["cosine"] is not None:
         lines.append(f"encoder.ln_post: cosine {post['cosine']:.9f}, rel_l2 {post['rel_l2']:.2e}, "
                      f"{post['noise_floor_ratio']:.2f}x the {doc.get('dtype', '')} noise floor")
+    return "\n".join(lines)
+
+
+def format_e2e(e2e: dict) -> str:
+    """The transcript comparison in a few lines."""
+    lines = ["", "end to end (openai-whisper decoder, greedy, temperature 0):",
+             f"  reference: {e2e['reference_text'] or '(no speech)'}",
+             f"  candidate: {e2e['candidate_text'] or '(no speech)'}",
+             f"  WER {e2e['wer']:.3f}, CER {e2e['cer']:.3f} between them"
+             + (" (identical)" if e2e["identical"] else "")]
+    if "truth" in e2e:
+        lines.append(f"  against the ground truth: WER reference {e2e['truth']['wer_reference']:.3f}, "
+                     f"candidate {e2e['truth']['wer_candidate']:.3f}")
+    parting = e2e.get("first_parting")
+    if parting:
+        lines.append(f"  first parting: window {parting['window']}, token {parting['token_index']} after "
+                     f"{parting['context'][-60:]!r}: reference {parting['reference_token']!r}, "
+                     f"candidate {parting['candidate_token']!r}")
+        for side in ("reference", "candidate"):
+            top = ", ".join(f"{t['token']!r} {t['logprob']:.2f}" for t in parting[f"{side}_top"])
+            lines.append(f"    {side} top: {top}")
+    if not e2e["speech_detected"]:
+        lines.append("  no speech detected on either side")
+    for row in e2e.get("sensitivity", {}).get("rows", []):
+        lines.append(f"  noise {row['level']:g} x RMS at {e2e['sensitivity']['tap']}: WER {row['wer']:.3f}")
     return "\n".join(lines)

@@ -13,16 +13,15 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from max.driver import CPU, Accelerator, accelerator_count
+import numpy as np
+from max.driver import CPU, Accelerator, Buffer, accelerator_count
 from max.dtype import DType
 from max.engine import InferenceSession, Model
 from max.graph import DeviceRef, Graph, TensorType
@@ -30,7 +29,6 @@ from whisper.model import ModelDimensions
 
 from ..checkpoints import cache_dir
 from ..errors import FidelityError
-from . import max_stages as max_stages_module
 from .max_stages import DTYPES, Numerics, StageBuilder
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,14 @@ def session_for(device: str) -> tuple[InferenceSession, object]:
     return _SESSIONS[device]
 
 
+def to_device(array: np.ndarray, device: str):
+    """A float32 host array as a graph input: itself on the CPU, a device Buffer on the GPU."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if device == "cpu":
+        return array
+    return Buffer.from_numpy(array).to(session_for(device)[1])
+
+
 def device_ref(device: str) -> DeviceRef:
     return DeviceRef.GPU(0) if device == "gpu" else DeviceRef.CPU()
 
@@ -125,40 +131,49 @@ class CompiledStage:
     def __init__(self, dims: ModelDimensions, kind: str, config: CandidateConfig):
         self.kind, self.config = kind, config
         graph, self.tap_names, self.weight_names = build_stage_graph(dims, kind, config)
-        self.compiled, self.compile_seconds, self.from_cache = compile_graph(
-            graph, f"{kind}-{_spec_key(dims, kind, config)}", config.device)
+        self.compiled, self.compile_seconds, self.from_cache = compile_graph(graph, kind, config.device)
 
     def bind(self, registry: dict[str, object]) -> Model:
         session, _ = session_for(self.config.device)
         return session.init(self.compiled, weights_registry=registry)
 
 
-def compile_graph(graph: Graph, key: str, device: str):
-    """Compile `graph`, or load the MEF exported under `key` by an earlier run.
+_COMPILED: dict[str, object] = {}
 
-    Returns (compiled model, seconds, whether it came from the MEF store).
+
+def compile_graph(graph: Graph, label: str, device: str):
+    """Compile `graph` once per process and once per machine.
+
+    Compiled graphs are keyed by their MLIR text (every op, shape, dtype, constant and
+    weight name), the MAX version and the device, and exported as MEF files, so a
+    later run loads them instead of compiling. Returns (compiled model, seconds spent,
+    whether it was already compiled).
     """
+    key = hashlib.sha256(f"{max_version()}|{device}|{graph}".encode()).hexdigest()[:24]
+    if key in _COMPILED:
+        return _COMPILED[key], 0.0, True
     session, _ = session_for(device)
-    path = mef_dir() / f"{key}.mef"
+    path = mef_dir() / f"{label}-{key}.mef"
     start = time.perf_counter()
     if path.is_file():
         try:
-            return session.compile(path), time.perf_counter() - start, True
+            _COMPILED[key] = session.compile(path)
+            return _COMPILED[key], time.perf_counter() - start, True
         except Exception as exc:  # a stale or truncated file: compile afresh
             log.warning("ignoring unusable cached graph %s (%s)", path, str(exc).splitlines()[0])
-    label = key.split("-")[0]
-    log.info("compiling MAX graph %s on %s (first time only: a minute or more on a CPU)", label, device)
+    log.info("compiling MAX graph %s on %s (a minute or more on a CPU unless MAX has it cached)", label, device)
     try:
         with _progress(f"still compiling {label}"):
             compiled = session.compile(graph)
     except Exception as exc:  # MAX raises plain RuntimeErrors
         raise FidelityError(f"MAX failed to compile {label}: {str(exc).splitlines()[0]}") from exc
     seconds = time.perf_counter() - start
-    log.info("compiled %s in %.1f s", key.split("-")[0], seconds)
+    log.info("compiled %s in %.1f s", label, seconds)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     compiled.export_mef(tmp)
     tmp.replace(path)
+    _COMPILED[key] = compiled
     return compiled, seconds, False
 
 
@@ -185,30 +200,6 @@ def mef_dir() -> Path:
     return cache_dir() / "mef" / f"max-{max_version()}"
 
 
+@functools.cache
 def max_version() -> str:
     return importlib.metadata.version("max")
-
-
-@functools.cache
-def _source_digest() -> str:
-    """Digest of the code that builds graphs: a change to it invalidates stored MEFs."""
-    digest = hashlib.sha256()
-    for module in (max_stages_module, sys.modules[__name__]):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()
-
-
-def _spec_key(dims: ModelDimensions, kind: str, config: CandidateConfig) -> str:
-    spec = {"dims": asdict(dims), "kind": kind, "config": asdict(config), "source": _source_digest()}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
-
-
-_COMPILED: dict[tuple, CompiledStage] = {}
-
-
-def compiled_stage(dims: ModelDimensions, kind: str, config: CandidateConfig) -> CompiledStage:
-    """A stage kind compiled once per process, and once per machine through the MEF store."""
-    key = (json.dumps(asdict(dims), sort_keys=True), kind, config)
-    if key not in _COMPILED:
-        _COMPILED[key] = CompiledStage(dims, kind, config)
-    return _COMPILED[key]

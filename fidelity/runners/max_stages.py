@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from max.dtype import DType
-from max.graph import DeviceRef, TensorValue, Weight, ops
+from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
 from whisper.model import ModelDimensions
+
+from ..errors import FidelityError
 
 Emit = Callable[[str, TensorValue], None]
 
@@ -28,17 +30,17 @@ DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16, "float16": DType
 class Numerics:
     """Numerical choices of the candidate. Defaults reproduce openai-whisper."""
 
-    gelu: str = "none"              # "none" (erf), "tanh" or "quick"
+    gelu: str = "none"                      # "none" (erf), "tanh" or "quick"
     ln_eps: float = 1e-5
-    ln_dtype: str = "float32"       # precision of layer-norm reductions
-    qk_scale: str = "split"         # "split": q and k each by d**-0.25; "q_only": q by d**-0.5; "twice"
+    ln_dtype: str = "float32"               # precision of layer-norm reductions
+    qk_scale: tuple[float, float] = (-0.25, -0.25)  # exponents of head_dim scaling q and k
     softmax_axis: int = -1
-    key_bias: bool = False          # a key bias Weight (openai-whisper has none)
-    conv_padding: int = 1
+    key_bias: bool = False                  # a key bias Weight (openai-whisper has none)
+    head_layout: str = "heads_first"        # how width splits: (heads, head_dim) or "dims_first"
+    conv1_padding: tuple[int, int] = (1, 1)  # frames padded before and after
     conv2_stride: int = 2
-    conv_kernel_mean: bool = False  # convolution as one tap of the kernel-averaged filter
-    positional_embedding: bool = True
     ln_post: bool = True
+    attention: str = "matmul"               # "matmul" (softmax of q k^T), or "flash" (GPU fused kernel)
 
 
 class StageBuilder:
@@ -51,10 +53,10 @@ class StageBuilder:
 
     # -- weights -----------------------------------------------------------
     def weight(self, name: str, shape: tuple[int, ...]) -> TensorValue:
-        """A `Weight` in the compute dtype (created once per name)."""
+        """A `Weight` in the compute dtype, resident on the graph's device (bound at init)."""
         if name not in self._weights:
             self._weights[name] = Weight(name, self.dtype, shape, self.device)
-        return self._weights[name]
+        return Graph.current.add_weight(self._weights[name], force_initial_weight_on_host=False)
 
     # -- primitives ----------------------------------------------------------
     def layer_norm(self, x: TensorValue, prefix: str) -> TensorValue:
@@ -74,31 +76,24 @@ class StageBuilder:
     def gelu(self, x: TensorValue) -> TensorValue:
         return ops.gelu(x, approximate=self.numerics.gelu)
 
-    def conv1d(self, x: TensorValue, prefix: str, c_in: int, c_out: int, stride: int) -> TensorValue:
+    def conv1d(self, x: TensorValue, prefix: str, c_in: int, c_out: int, stride: int,
+               padding: tuple[int, int] = (1, 1)) -> TensorValue:
         """Kernel-3 conv1d on channels-last `x`, as im2col and one matmul."""
-        kernel, pad = 3, self.numerics.conv_padding
+        kernel = 3
         w = self.weight(f"{prefix}.weight", (c_out, c_in, kernel))
         length = int(x.shape[1])
-        if pad:
-            x = ops.pad(x, [0, 0, pad, pad, 0, 0])
-        n_out = (length + 2 * pad - kernel) // stride + 1
+        x = ops.pad(x, [0, 0, padding[0], padding[1], 0, 0])
+        n_out = (length + sum(padding) - kernel) // stride + 1
         span = stride * (n_out - 1) + 1
-        if self.numerics.conv_kernel_mean:
-            # The hackathon bug: average the kernel taps, apply them at the centre frame.
-            centre = x[:, 1:1 + span:stride, :]
-            w_mean = ops.mean(w, axis=-1)  # (c_out, c_in, 1)
-            y = centre @ ops.transpose(ops.reshape(w_mean, (c_out, c_in)), 0, 1)
-        else:
-            cols = ops.concat([x[:, k:k + span:stride, :] for k in range(kernel)], axis=-1)
-            w_mat = ops.reshape(ops.permute(w, [2, 1, 0]), (kernel * c_in, c_out))
-            y = cols @ w_mat
-        return y + self.weight(f"{prefix}.bias", (c_out,))
+        cols = ops.concat([x[:, k:k + span:stride, :] for k in range(kernel)], axis=-1)
+        w_mat = ops.reshape(ops.permute(w, [2, 1, 0]), (kernel * c_in, c_out))
+        return cols @ w_mat + self.weight(f"{prefix}.bias", (c_out,))
 
     # -- stages --------------------------------------------------------------
     def conv_stem(self, mel: TensorValue, emit: Emit) -> TensorValue:
         d, n = self.dims, self.numerics
         x = ops.transpose(mel.cast(self.dtype), 1, 2)  # (batch, frames, mels)
-        x = self.conv1d(x, "encoder.conv1", d.n_mels, d.n_audio_state, stride=1)
+        x = self.conv1d(x, "encoder.conv1", d.n_mels, d.n_audio_state, stride=1, padding=n.conv1_padding)
         emit("encoder.conv1", ops.transpose(x, 1, 2))
         x = self.gelu(x)
         emit("encoder.conv1.gelu", ops.transpose(x, 1, 2))
@@ -107,10 +102,8 @@ class StageBuilder:
         x = self.gelu(x)
         emit("encoder.conv2.gelu", ops.transpose(x, 1, 2))
         pos = self.weight("encoder.positional_embedding", (d.n_audio_ctx, d.n_audio_state))
-        if n.positional_embedding:
-            if int(x.shape[1]) != d.n_audio_ctx:
-                pos = pos[: int(x.shape[1]), :]
-            x = x + pos
+        frames = int(x.shape[1])
+        x = x + (pos if frames == d.n_audio_ctx else pos[:frames, :])  # a wrong stride shortens the stem
         emit("encoder.positional_embedding", x)
         return x
 
@@ -130,24 +123,50 @@ class StageBuilder:
         frames = int(x.shape[1])
 
         def split_heads(t: TensorValue) -> TensorValue:  # (B, T, W) -> (B, H, T, D)
+            if n.head_layout == "dims_first":
+                return ops.permute(ops.reshape(t, ("batch", frames, head_dim, heads)), [0, 3, 1, 2])
             return ops.permute(ops.reshape(t, ("batch", frames, heads, head_dim)), [0, 2, 1, 3])
 
-        q_scale, k_scale = {"split": (head_dim ** -0.25, head_dim ** -0.25),
-                            "q_only": (head_dim ** -0.5, 1.0),
-                            "twice": (head_dim ** -0.5, head_dim ** -0.5)}[n.qk_scale]
-        qh = split_heads(q) * ops.constant(q_scale, self.dtype, self.device)
-        kh = split_heads(k) * ops.constant(k_scale, self.dtype, self.device)
-        logits = (qh @ ops.transpose(kh, 2, 3)).cast(DType.float32)
-        weights = ops.softmax(logits, axis=n.softmax_axis).cast(self.dtype)
-        emit("attn.weights", weights)
-        wv = ops.permute(weights @ split_heads(v), [0, 2, 1, 3])
-        wv = ops.reshape(wv, ("batch", frames, width))
+        def scaled(t: TensorValue, exponent: float) -> TensorValue:
+            return t if exponent == 0 else t * ops.constant(head_dim ** exponent, self.dtype, self.device)
+
+        if n.attention == "flash":
+            wv = self._flash_attention(q, k, v, frames, head_dim)
+        else:
+            qh = scaled(split_heads(q), n.qk_scale[0])
+            kh = scaled(split_heads(k), n.qk_scale[1])
+            logits = (qh @ ops.transpose(kh, 2, 3)).cast(DType.float32)
+            if n.softmax_axis in (-1, 3):
+                weights = ops.softmax(logits, axis=-1)
+            else:  # MAX's softmax compiles for the last axis only: move the axis there and back
+                weights = ops.transpose(ops.softmax(ops.transpose(logits, n.softmax_axis, -1), axis=-1),
+                                        n.softmax_axis, -1)
+            weights = weights.cast(self.dtype)
+            emit("attn.weights", weights)
+            wv = ops.permute(weights @ split_heads(v), [0, 2, 1, 3])
+            wv = ops.reshape(wv, ("batch", frames, width))
         emit("attn.wv", wv)
         out = self.linear(wv, f"{prefix}attn.out", width, width)
         emit("attn.out", out)
         x = x + out
         emit("resid_mid", x)
         return x
+
+    def _flash_attention(self, q, k, v, frames: int, head_dim: int) -> TensorValue:
+        """`max.nn.kernels.flash_attention_gpu` on `[batch, frames, heads, head_dim]`, one scale."""
+        n, heads = self.numerics, self.dims.n_audio_head
+        if self.device.device_type.value == "cpu":
+            raise FidelityError("flash attention runs on the GPU only (--device gpu)")
+        if n.softmax_axis not in (-1, 3) or n.head_layout != "heads_first":
+            raise FidelityError("flash attention has no form for this fault")
+        from max.nn.attention import MHAMaskVariant  # max.nn takes ~1 s to import: only on this path
+        from max.nn.kernels import flash_attention_gpu
+
+        shape = ("batch", frames, heads, head_dim)
+        out = flash_attention_gpu(ops.reshape(q, shape), ops.reshape(k, shape), ops.reshape(v, shape),
+                                  mask_variant=MHAMaskVariant.NULL_MASK,
+                                  scale=head_dim ** (n.qk_scale[0] + n.qk_scale[1]))
+        return ops.reshape(out, ("batch", frames, heads * head_dim))
 
     def mlp(self, x: TensorValue, prefix: str, emit: Emit) -> TensorValue:
         """`x + mlp(mlp_ln(x))`, as openai-whisper's `ResidualAttentionBlock`."""

@@ -100,16 +100,22 @@ class TorchRunner:
         """
         with self._capture(taps) as captured, torch.no_grad():
             for stage, value in inputs.items():
-                out = self._stage_fn(stage)(self._tensor(value))
+                out = self.stage_fn(stage)(self._tensor(value))
                 name = stage_output(self.dims, stage)
                 if name in taps:
                     captured[name] = out.detach()
         return _to_numpy(captured)
 
     # -- internals -------------------------------------------------------------
-    def _stage_fn(self, stage: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stage_fn(self, stage: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One stage as a call of the real submodules (the residual adds and the conv
+        stem's GELUs and positional add restate `AudioEncoder.forward`)."""
+        enc = self.encoder
         if stage == "ln_post":
-            return self.encoder.ln_post
+            return enc.ln_post
+        if stage == "conv_stem":
+            return lambda x: (F.gelu(enc.conv2(F.gelu(enc.conv1(x)))).permute(0, 2, 1) + enc.positional_embedding
+                              ).to(x.dtype)
         _, index, part = stage.split(".")
         block = self.encoder.blocks[int(index)]
         if part == "attn":

@@ -1,0 +1,232 @@
+"""`python -m fidelity.bench`: encoder speed, MAX against PyTorch, side by side.
+
+Times, as medians over `--repeats` runs after `--warmup` runs, on one device:
+  max_encoder     the whole MAX encoder as one graph, ln_post only (taps off)
+  max_flash       the same with flash attention (with --flash; GPU, half precision)
+  max_traced      the traced MAX stage graphs, every tap copied to the host (batch 1)
+  torch_eager     openai-whisper's AudioEncoder (fp32 parameters, input in the dtype)
+  torch_compile   the same under torch.compile (with --torch-compile)
+and, with --stages, each stage alone for both frameworks. `--compare-wall N`
+times N whole `python -m fidelity.compare` processes instead (model loading,
+compile cache and reports included). Results print as a table and go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import audio, checkpoints
+from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .errors import FidelityError
+from .report.files import versions
+from .runners.max_encoder import MaxEncoder
+from .runners.max_graph import DEVICES, CandidateConfig, session_for, to_device
+from .runners.max_runner import MaxRunner
+from .runners.max_stages import DTYPES, Numerics
+from .runners.torch_ref import TORCH_DTYPES, TorchRunner
+from .taps import stage_input, stage_names
+
+log = logging.getLogger("fidelity.bench")
+
+
+def median_ms(fn: Callable[[], object], sync: Callable[[], None], repeats: int, warmup: int) -> float:
+    """Median wall time of `fn` in milliseconds, synchronising the device around each run."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m fidelity.bench", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=checkpoints.DEFAULT_MODEL, help="checkpoint name or path")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--dtype", default="float32",
+                        help=f"comma list of {', '.join(DTYPES)} (default float32)")
+    parser.add_argument("--batch", default="1", help="comma list of batch sizes (default 1)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--flash", action="store_true",
+                        help="also time the MAX encoder with flash attention (GPU, half precision)")
+    parser.add_argument("--no-traced", action="store_true", help="skip the traced (all taps) MAX run")
+    parser.add_argument("--stages", action="store_true", help="also time each stage alone")
+    parser.add_argument("--compare-wall", type=int, default=0, metavar="N",
+                        help="time N whole `python -m fidelity.compare` processes instead")
+    parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    add_logging_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    return run_main("bench", lambda: _bench(args))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.warmup < 0:
+        raise FidelityError("--repeats must be at least 1 and --warmup at least 0")
+    if args.compare_wall:
+        results = {"compare_wall": compare_wall(args.compare_wall, args.model, args.device)}
+    else:
+        dtypes = _parse_list(args.dtype, DTYPES, "--dtype")
+        batches = [_positive(b) for b in args.batch.split(",")]
+        results = {"cases": bench_encoders(args, dtypes, batches)}
+    results.update({"device": args.device, "model": args.model, "versions": versions(),
+                    "machine": _machine(args.device), "date": time.strftime("%Y-%m-%d")})
+    sys.stdout.write(format_results(results) + "\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return EXIT_OK
+
+
+def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
+    checkpoint = checkpoints.load_checkpoint(args.model)
+    clip = audio.load_audio(audio.DEFAULT_CLIP)
+    mel1 = audio.mel_windows(clip, checkpoint.dims.n_mels)[:1]
+    sync = _synchronizer(args.device)
+    cases = []
+    for dtype in dtypes:
+        config = CandidateConfig(device=args.device, dtype=dtype)
+        encoder = MaxEncoder(checkpoint, config)
+        flash = None
+        if args.flash and args.device == "gpu" and dtype != "float32":
+            flash = MaxEncoder(checkpoint, CandidateConfig(device=args.device, dtype=dtype,
+                                                           numerics=Numerics(attention="flash")))
+        reference = TorchRunner(checkpoint, "float32", args.device)
+        compiled = torch.compile(reference.encoder, mode="reduce-overhead" if args.device == "gpu" else "default") \
+            if args.torch_compile else None
+        for batch in batches:
+            mel = np.repeat(mel1, batch, axis=0)
+            on_device = encoder.to_device(mel)
+            x = torch.from_numpy(mel).to(reference.device, TORCH_DTYPES[dtype])
+            timed = {"max_encoder": lambda: encoder.execute(on_device),
+                     "torch_eager": lambda: _torch_call(reference.encoder, x)}
+            if flash is not None:
+                timed["max_flash"] = lambda: flash.execute(on_device)
+            if compiled is not None:
+                timed["torch_compile"] = lambda: _torch_call(compiled, x)
+            for name, fn in timed.items():
+                ms = median_ms(fn, sync, args.repeats, args.warmup)
+                cases.append({"what": name, "dtype": dtype, "batch": batch, "median_ms": round(ms, 3)})
+                log.info("%s %s batch %d: %.2f ms", name, dtype, batch, ms)
+        if not args.no_traced:
+            traced = MaxRunner(checkpoint, config)
+            ms = median_ms(lambda: traced.run(mel1), sync, args.repeats, args.warmup)
+            cases.append({"what": "max_traced", "dtype": dtype, "batch": 1, "median_ms": round(ms, 3)})
+            if args.stages:
+                cases += bench_stages(traced, reference, mel1, dtype, sync, args)
+    return cases
+
+
+def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dtype: str, sync, args) -> list[dict]:
+    """Each stage alone, on the float32 reference's input for it."""
+    dims = traced.dims
+    names = [stage_input(dims, s) for s in stage_names(dims) if s != "conv_stem"]
+    inputs = reference.run(mel, names)
+    cases = []
+    for stage in stage_names(dims):
+        source = mel if stage == "conv_stem" else inputs[stage_input(dims, stage)]
+        device_input = to_device(source, traced.config.device)
+        model = traced.models[stage]
+        x = torch.from_numpy(source).to(reference.device, TORCH_DTYPES[dtype])
+        torch_fn = reference.stage_fn(stage)
+        for name, fn in (("max_stage", lambda: model.execute(device_input)),
+                         ("torch_stage", lambda: _torch_call(torch_fn, x))):
+            ms = median_ms(fn, sync, args.repeats, args.warmup)
+            cases.append({"what": name, "stage": stage, "dtype": dtype, "batch": 1, "median_ms": round(ms, 3)})
+    return cases
+
+
+def compare_wall(runs: int, model: str, device: str) -> dict:
+    """Median wall time of whole `compare --layer all` processes (the first run warms caches)."""
+    command = [sys.executable, "-m", "fidelity.compare", "--layer", "all", "--model", model, "--device", device,
+               "--out", "reports/bench-compare", "-q"]
+    subprocess.run(command, check=False, capture_output=True)  # warm-up: compile cache, model conversion
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if done.returncode not in (0, 1):
+            raise FidelityError(f"compare failed: {done.stderr.strip().splitlines()[-1]}")
+    return {"runs": runs, "median_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times],
+            "command": " ".join(command[1:])}
+
+
+def format_results(results: dict) -> str:
+    if "compare_wall" in results:
+        wall = results["compare_wall"]
+        return f"compare --layer all: median {wall['median_s']:.2f} s over {wall['runs']} runs {wall['all_s']}"
+    lines = [f"{'what':14s} {'stage':16s} {'dtype':9s} {'batch':>5s} {'median ms':>10s}"]
+    for case in results["cases"]:
+        lines.append(f"{case['what']:14s} {case.get('stage', ''):16s} {case['dtype']:9s} {case['batch']:5d} "
+                     f"{case['median_ms']:10.2f}")
+    lines.append(f"device: {results['machine']}")
+    return "\n".join(lines)
+
+
+def _torch_call(module, x):
+    with torch.no_grad():
+        return module(x)
+
+
+def _synchronizer(device: str) -> Callable[[], None]:
+    if device == "cpu":
+        return lambda: None
+    _, accelerator = session_for("gpu")
+
+    def sync():
+        accelerator.synchronize()
+        torch.cuda.synchronize()
+    return sync
+
+
+def _machine(device: str) -> str:
+    if device == "gpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def _parse_list(text: str, allowed, flag: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown or not items:
+        raise FidelityError(f"{flag}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise FidelityError(f"--batch: {text!r} is not a whole number") from None
+    if value < 1:
+        raise FidelityError("--batch sizes must be at least 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`python -m fidelity.gate`: fail CI when a report's per-tap statistics got worse than a baseline.
+
+Compares cosine, rel_l2, std_ratio, bias and noise_floor_ratio of every tap in
+`--report` against `--baseline`, with tolerances kept as data
+(`fidelity.tolerances.GATE_TOLERANCES`). Prints each tap that got worse and by how
+much. Exit 0 when nothing regressed, 1 on a regression, 2 on unusable input (a
+missing or corrupt file, another model, another tap list). `--update` rewrites the
+baseline from the report, deliberately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .errors import FidelityError
+from .tolerances import GATE_TOLERANCES, badness
+
+log = logging.getLogger("fidelity.gate")
+
+BASELINE_VERSION = 1
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FidelityError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FidelityError(f"cannot read {what} {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise FidelityError(f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("taps"), list):
+        raise FidelityError(f"{what} {path} has no list of taps: is it a fidelity report?")
+    return doc
+
+
+def baseline_from_report(report: dict) -> dict:
+    """The statistics of a report that the gate keeps."""
+    return {
+        "version": BASELINE_VERSION,
+        "model": report.get("model"),
+        "device": report.get("device"),
+        "dtype": report.get("dtype"),
+        "audio": report.get("audio", {}).get("source"),
+        "taps": [{"name": row["name"], **{key: row.get(key) for key in GATE_TOLERANCES}} for row in report["taps"]],
+    }
+
+
+def check(baseline: dict, report: dict) -> list[dict]:
+    """Every (tap, statistic) of `report` worse than `baseline` beyond tolerance."""
+    if (baseline.get("model") or {}).get("dims") != (report.get("model") or {}).get("dims"):
+        raise FidelityError(f"the report is of another model ({(report.get('model') or {}).get('name')}) "
+                            f"than the baseline ({(baseline.get('model') or {}).get('name')})")
+    for key in ("device", "dtype"):
+        if baseline.get(key) != report.get(key):
+            raise FidelityError(f"the report's {key} is {report.get(key)}, the baseline's {baseline.get(key)}")
+    names = [row["name"] for row in baseline["taps"]]
+    got = {row["name"]: row for row in report["taps"]}
+    if names != list(got):
+        missing, extra = sorted(set(names) - set(got)), sorted(set(got) - set(names))
+        raise FidelityError("the report's taps differ from the baseline's"
+                            + (f"; missing: {', '.join(missing[:4])}" if missing else "")
+                            + (f"; extra: {', '.join(extra[:4])}" if extra else ""))
+    regressions = []
+    for base in baseline["taps"]:
+        row = got[base["name"]]
+        for statistic, tolerance in GATE_TOLERANCES.items():
+            before, after = base.get(statistic), row.get(statistic)
+            if before is None:
+                continue
+            limit = badness(statistic, before) * tolerance["factor"] + tolerance["slack"]
+            now = math.inf if after is None else badness(statistic, after)
+            if now > limit:
+                regressions.append({"tap": base["name"], "statistic": statistic, "baseline": before,
+                                    "report": after, "limit": limit, "worse_by": now - badness(statistic, before)})
+    return regressions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m fidelity.gate", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, required=True, help="baseline JSON (reports/baseline.json)")
+    parser.add_argument("--report", type=Path, required=True, help="a report.json from compare")
+    parser.add_argument("--update", action="store_true", help="rewrite the baseline from the report")
+    add_logging_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    return run_main("gate", lambda: _gate(args))
+
+
+def _gate(args: argparse.Namespace) -> int:
+    report = read_json(args.report, "report")
+    if args.update:
+        if report.get("fault"):
+            raise FidelityError(f"refusing to make a baseline of a run with an injected fault ({report['fault']})")
+        tmp = args.baseline.with_name(args.baseline.name + ".tmp")
+        tmp.write_text(json.dumps(baseline_from_report(report), indent=1) + "\n")
+        tmp.replace(args.baseline)
+        log.info("baseline %s rewritten from %s (%d taps)", args.baseline, args.report, len(report["taps"]))
+        return EXIT_OK
+    baseline = read_json(args.baseline, "baseline")
+    regressions = check(baseline, report)
+    for r in regressions:
+        sys.stdout.write(f"REGRESSION {r['tap']}: {r['statistic']} {_fmt(r['baseline'])} -> {_fmt(r['report'])} "
+                         f"(limit {r['limit']:.3g} in badness, worse by {r['worse_by']:.3g})\n")
+    taps = sorted({r["tap"] for r in regressions})
+    sys.stdout.write(f"gate: {len(taps)} of {len(baseline['taps'])} taps regressed\n" if regressions
+                     else f"gate: all {len(baseline['taps'])} taps within tolerance of the baseline\n")
+    return EXIT_FAIL if regressions else EXIT_OK
+
+
+def _fmt(value) -> str:
+    return "missing" if value is None else f"{value:.6g}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
