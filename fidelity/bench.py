@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", action="store_true", help="also time each stage alone")
     parser.add_argument("--compare-wall", type=int, default=0, metavar="N",
                         help="time N whole `python -m fidelity.compare` processes instead")
+    parser.add_argument("--e2e-seconds", default=None, metavar="S,S",
+                        help="instead: time whole transcriptions (openai-whisper's encoder vs MAX's) of the "
+                             "shipped long clip tiled to these lengths, e.g. 30,180")
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     add_logging_flags(parser)
     return parser
@@ -87,6 +90,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise FidelityError("--repeats must be at least 1 and --warmup at least 0")
     if args.compare_wall:
         results = {"compare_wall": compare_wall(args.compare_wall, args.model, args.device)}
+    elif args.e2e_seconds:
+        results = {"e2e": bench_e2e(args.model, args.device, [_positive(x) for x in args.e2e_seconds.split(",")],
+                                    args.repeats)}
     else:
         dtypes = _parse_list(args.dtype, DTYPES, "--dtype")
         batches = [_positive(b) for b in args.batch.split(",")]
@@ -158,6 +164,28 @@ def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dty
     return cases
 
 
+def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) -> list[dict]:
+    """Whole transcriptions with each encoder: wall time and the encoder's share (medians)."""
+    from .e2e import max_encoder, transcribe_with
+
+    checkpoint = checkpoints.load_checkpoint(model_name)
+    model = checkpoint.whisper_model().to("cuda" if device == "gpu" else "cpu")
+    candidate = MaxRunner(checkpoint, CandidateConfig(device=device))
+    source = audio.load_audio(audio.DATA_DIR / "speech_long.flac").samples
+    rows = []
+    for seconds in lengths:
+        samples = np.resize(source, seconds * audio.SAMPLE_RATE)  # the clip tiled to length
+        for side, encoder in (("openai-whisper", model.encoder), ("max", max_encoder(candidate))):
+            runs = [transcribe_with(model, samples, encoder, progress=False) for _ in range(repeats)]
+            wall = statistics.median(r.seconds for r in runs)
+            enc = statistics.median(r.encoder_seconds for r in runs)
+            rows.append({"audio_s": seconds, "encoder": side, "wall_s": round(wall, 2), "encoder_s": round(enc, 2),
+                         "encoder_share": round(enc / wall, 3), "windows": runs[0].encoder_calls})
+            log.info("%d s audio, %s encoder: %.1f s wall, %.0f%% in the encoder", seconds, side, wall,
+                     100 * enc / wall)
+    return rows
+
+
 def compare_wall(runs: int, model: str, device: str) -> dict:
     """Median wall time of whole `compare --layer all` processes (the first run warms caches)."""
     command = [sys.executable, "-m", "fidelity.compare", "--layer", "all", "--model", model, "--device", device,
@@ -175,6 +203,10 @@ def compare_wall(runs: int, model: str, device: str) -> dict:
 
 
 def format_results(results: dict) -> str:
+    if "e2e" in results:
+        return "\n".join(f"{r['audio_s']:4d} s audio  {r['encoder']:15s} {r['wall_s']:7.1f} s wall  "
+                         f"{r['encoder_s']:6.1f} s encoder ({100 * r['encoder_share']:.0f}%), "
+                         f"{r['windows']} windows" for r in results["e2e"])
     if "compare_wall" in results:
         wall = results["compare_wall"]
         return f"compare --layer all: median {wall['median_s']:.2f} s over {wall['runs']} runs {wall['all_s']}"

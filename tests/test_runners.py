@@ -62,6 +62,17 @@ def test_isolated_torch_stages_reproduce_the_chained_run(small, small_mel):
             np.testing.assert_array_equal(local[name], chained[name], err_msg=name)
 
 
+def test_isolated_stage_outputs_are_the_stages_own(small, small_mel):
+    """In float32, resid_mid must be attn's output, not the (rounded) reference input of mlp."""
+    names = _names(small.dims)
+    truth = TorchRunner(small, "float64").run(small_mel, names)
+    inputs = {s: truth[stage_input(small.dims, s)] for s in stage_names(small.dims) if s != "conv_stem"}
+    local = TorchRunner(small, "float32").run_stages(inputs, names)
+    mid = "encoder.blocks.0.resid_mid"
+    assert not np.array_equal(local[mid], truth[mid].astype(np.float32))
+    np.testing.assert_allclose(local[mid], truth[mid], rtol=1e-4, atol=1e-5)
+
+
 def test_max_candidate_is_within_budget_on_every_tap(small, small_mel, small_candidate):
     references = References(small)
     taps = select_taps(small.dims, "all")

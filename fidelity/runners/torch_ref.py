@@ -98,12 +98,16 @@ class TorchRunner:
         A block stage is the residual step of openai-whisper's `ResidualAttentionBlock`
         (`x + attn(attn_ln(x))[0]`, `x + mlp(mlp_ln(x))`) over its real submodules.
         """
+        outputs = {}
         with self._capture(taps) as captured, torch.no_grad():
             for stage, value in inputs.items():
                 out = self.stage_fn(stage)(self._tensor(value))
                 name = stage_output(self.dims, stage)
                 if name in taps:
-                    captured[name] = out.detach()
+                    outputs[name] = out.detach()
+        # A stage's output wins over a hook that saw the same tap as the *next* stage's
+        # input (mlp_ln's input is resid_mid): in isolation that input is the reference's.
+        captured.update(outputs)
         return _to_numpy(captured)
 
     # -- internals -------------------------------------------------------------
