@@ -47,7 +47,7 @@ def baseline_from_report(report: dict) -> dict:
         "model": report.get("model"),
         "device": report.get("device"),
         "dtype": report.get("dtype"),
-        "audio": report.get("audio", {}).get("source"),
+        "audio": _clip_name(report),
         "taps": [{"name": row["name"], **{key: row.get(key) for key in GATE_TOLERANCES}} for row in report["taps"]],
     }
 
@@ -57,6 +57,9 @@ def check(baseline: dict, report: dict) -> list[dict]:
     if (baseline.get("model") or {}).get("dims") != (report.get("model") or {}).get("dims"):
         raise FidelityError(f"the report is of another model ({(report.get('model') or {}).get('name')}) "
                             f"than the baseline ({(baseline.get('model') or {}).get('name')})")
+    if baseline.get("audio") and baseline["audio"] != _clip_name(report):
+        raise FidelityError(f"the report is of another clip ({_clip_name(report)}) than the baseline "
+                            f"({baseline['audio']})")
     for key in ("device", "dtype"):
         if baseline.get(key) != report.get(key):
             raise FidelityError(f"the report's {key} is {report.get(key)}, the baseline's {baseline.get(key)}")
@@ -117,6 +120,11 @@ def _gate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"gate: {len(taps)} of {len(baseline['taps'])} taps regressed\n" if regressions
                      else f"gate: all {len(baseline['taps'])} taps within tolerance of the baseline\n")
     return EXIT_FAIL if regressions else EXIT_OK
+
+
+def _clip_name(report: dict) -> str | None:
+    source = (report.get("audio") or {}).get("source")
+    return Path(source).name if source else None
 
 
 def _fmt(value) -> str:

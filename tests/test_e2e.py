@@ -40,12 +40,12 @@ def reference_long(model, long_clip):
 
 def test_drop_in_encoder_inside_whisper_decode(model, candidate, speech_mel):
     mel = torch.from_numpy(speech_mel)
-    expected = whisper.decode(model, mel, whisper.DecodingOptions(temperature=0.0, fp16=False))
+    expected = whisper.decode(model, mel, whisper.DecodingOptions(language="en", temperature=0.0, fp16=False))
     original = model.encoder
     model.encoder = max_encoder(candidate)
     try:
         features = model.embed_audio(mel)
-        got = whisper.decode(model, mel, whisper.DecodingOptions(temperature=0.0, fp16=False))
+        got = whisper.decode(model, mel, whisper.DecodingOptions(language="en", temperature=0.0, fp16=False))
     finally:
         model.encoder = original
     assert isinstance(model.encoder, whisper.model.AudioEncoder)

@@ -98,7 +98,7 @@ class MaxRunner:
             if perturb is not None:
                 name = block_prefix(stage) + self.compiled[stage_kind(stage)].tap_names[-1]
                 x = self._to_device(perturb(name, np.array(x.to_numpy())))
-        return np.array(x.to_numpy())
+        return np.array(x if isinstance(x, np.ndarray) else x.to_numpy())
 
     def run_isolated(self, mel: np.ndarray, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each stage on the given input (stage name -> its input); the conv stem on `mel`.
