@@ -20,24 +20,27 @@ WeightTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def weight_registry(names: list[str], weights: dict[str, np.ndarray], prefix: str, config: CandidateConfig) -> dict:
-    """The weights a graph declares, taken strictly from `weights` under `prefix`, placed on its device."""
-    registry = {}
+    """The weights a graph declares, taken strictly from `weights` under `prefix`, copied to its device.
+
+    MAX owns the copies, so no host array's lifetime matters once they have run."""
+    registry, sources = {}, []
+    device = session_for(config.device)[1]
     for name in names:
         key = prefix + name
         if key not in weights:
             raise FidelityError(f"the MAX graph needs weight {key}, which the checkpoint does not have")
-        registry[name] = device_weight(weights[key], config)
+        source = host_array(weights[key], config.dtype)
+        sources.append(source)  # alive until the copies below have run (they may be queued)
+        registry[name] = Buffer.from_dlpack(source).copy(device)
+    device.synchronize()
     return registry
 
 
-def device_weight(array: np.ndarray, config: CandidateConfig):
-    """A contiguous array in the graph's weight dtype, on the graph's device."""
-    if config.dtype == "bfloat16":  # numpy has no bfloat16: torch carries it over DLPack
-        source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16).contiguous()
-    else:
-        source = np.ascontiguousarray(array, dtype=np.float16 if config.dtype == "float16" else np.float32)
-    value = Buffer.from_dlpack(source, copy=True)  # MAX owns the copy: no lifetime to manage
-    return value if config.device == "cpu" else value.to(session_for(config.device)[1])
+def host_array(array: np.ndarray, dtype: str):
+    """A contiguous host array in the graph's weight dtype (torch carries bfloat16, numpy has none)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16).contiguous()
+    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
 
 
 class MaxRunner:
