@@ -136,31 +136,40 @@ def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
                 ms = median_ms(fn, sync, args.repeats, args.warmup)
                 cases.append({"what": name, "dtype": dtype, "batch": batch, "median_ms": round(ms, 3)})
                 log.info("%s %s batch %d: %.2f ms", name, dtype, batch, ms)
+        traced = MaxRunner(checkpoint, config) if not args.no_traced or args.stages else None
         if not args.no_traced:
-            traced = MaxRunner(checkpoint, config)
             ms = median_ms(lambda: traced.run(mel1), sync, args.repeats, args.warmup)
             cases.append({"what": "max_traced", "dtype": dtype, "batch": 1, "median_ms": round(ms, 3)})
-            if args.stages:
-                cases += bench_stages(traced, reference, mel1, dtype, sync, args)
+        if args.stages:
+            flash_traced = MaxRunner(checkpoint, flash.config) if flash is not None else None
+            for batch in batches:
+                mel = np.repeat(mel1, batch, axis=0)
+                cases += bench_stages(traced, reference, mel, dtype, sync, args, with_torch=True)
+                if flash_traced is not None:
+                    cases += bench_stages(flash_traced, reference, mel, dtype, sync, args, with_torch=False,
+                                          only=("blocks.0.attn",), label="max_flash_stage")
     return cases
 
 
-def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dtype: str, sync, args) -> list[dict]:
-    """Each stage alone, on the float32 reference's input for it."""
+def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dtype: str, sync, args,
+                 with_torch: bool, only: tuple[str, ...] = (), label: str = "max_stage") -> list[dict]:
+    """Each stage alone (or those in `only`), on the float32 reference's input for it."""
     dims = traced.dims
     names = [stage_input(dims, s) for s in stage_names(dims) if s != "conv_stem"]
     inputs = reference.run(mel, names)
     cases = []
-    for stage in stage_names(dims):
+    for stage in only or stage_names(dims):
         source = mel if stage == "conv_stem" else inputs[stage_input(dims, stage)]
         device_input = to_device(source, traced.config.device)
         model = traced.models[stage]
-        x = torch.from_numpy(source).to(reference.device, TORCH_DTYPES[dtype])
-        torch_fn = reference.stage_fn(stage)
-        for name, fn in (("max_stage", lambda: model.execute(device_input)),
-                         ("torch_stage", lambda: _torch_call(torch_fn, x))):
+        timed = [(label, lambda: model.execute(device_input))]
+        if with_torch:
+            x = torch.from_numpy(source).to(reference.device, TORCH_DTYPES[dtype])
+            torch_fn = reference.stage_fn(stage)
+            timed.append(("torch_stage", lambda: _torch_call(torch_fn, x)))
+        for name, fn in timed:
             ms = median_ms(fn, sync, args.repeats, args.warmup)
-            cases.append({"what": name, "stage": stage, "dtype": dtype, "batch": 1, "median_ms": round(ms, 3)})
+            cases.append({"what": name, "stage": stage, "dtype": dtype, "batch": len(mel), "median_ms": round(ms, 3)})
     return cases
 
 

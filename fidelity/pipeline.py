@@ -21,7 +21,7 @@ from .metrics import TapStats, compare, not_run, rmse_between
 from .runners.max_runner import MaxRunner
 from .runners.torch_ref import TorchRunner
 from .taps import Tap, encoder_taps, stage_input, stage_names
-from .tolerances import budget_for
+from .tolerances import CONSISTENCY_BUDGET, budget_for
 from .verdicts import TapResult, first_divergence, judge, judge_consistency
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndar
             ratio = _consistency(recomputed, cand, tap.name, stats) if consistency else None
             rows.append(TapResult(tap.name, tap.stage, stats, budget, judge(stats, budget), index,
                                   local, judge(local, budget) if local else None,
-                                  ratio, judge_consistency(ratio, budget) if ratio is not None else None))
+                                  ratio, judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None))
         timings["metrics_s"] += time.perf_counter() - start
         for row in rows:
             if row.name not in best or _worse(row.stats, best[row.name].stats):

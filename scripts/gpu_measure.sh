@@ -4,9 +4,10 @@
 # (and, to skip compiling there, the MEFs from `python -m fidelity.precompile`).
 #   scripts/gpu_measure.sh compare   # compare in each dtype, fused capture, flash, sweep
 #   scripts/gpu_measure.sh bench     # speed against PyTorch eager and torch.compile
+#   scripts/gpu_measure.sh profile   # per-stage times at batch 1 and 16, and an ncu kernel summary
 # Logs and reports go under ${OUT:-gpu-results}/ (packed as <phase>.tgz).
 set -uo pipefail
-phase="${1:?usage: gpu_measure.sh compare|bench}"
+phase="${1:?usage: gpu_measure.sh compare|bench|profile}"
 out="${OUT:-gpu-results}"
 work="$(mktemp -d)"
 export PYTHONUNBUFFERED=1
@@ -17,28 +18,32 @@ step() {  # name, then the command
   timeout "${STEP_TIMEOUT:-240}" "$@" > "$work/$name.log" 2>&1
   echo "=== $name: exit $? in $((SECONDS - start)) s" | tee -a "$work/steps.log"
   grep -v "still compiling" "$work/$name.log" | tail -n "${TAIL:-6}"
+  mkdir -p "$out" && tar czf "$out/$phase.tgz" -C "$work" . && cp "$work/steps.log" "$out/$phase-steps.log"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$work/gpu.txt" 2>&1
 case "$phase" in
   compare)
-    for dtype in ${DTYPES:-float32 bfloat16 float16}; do
-      step "compare-$dtype" python3 -m fidelity.compare --device gpu --dtype "$dtype" --layer all --isolate \
-        --consistency --out "$work/compare-$dtype" -q
-    done
-    step compare-tf32-reference python3 -m fidelity.compare --device gpu --dtype float32 --tf32 on \
-      --out "$work/compare-tf32" -q
-    step compare-fused-bf16 python3 -m fidelity.compare --device gpu --dtype bfloat16 --capture fused \
-      --consistency --out "$work/compare-fused-bf16" -q
-    step compare-flash-bf16 python3 -m fidelity.compare --device gpu --dtype bfloat16 --attention flash \
-      --out "$work/compare-flash-bf16" -q
+    compare() {  # dtype, name, extra flags
+      local dtype="$1" name="$2"; shift 2
+      step "$name" python3 -m fidelity.compare --device gpu --dtype "$dtype" --layer all --out "$work/$name" -q "$@"
+    }
+    compare bfloat16 compare-bf16 --isolate --consistency
     step sweep python3 -m fidelity.sweep --device gpu --out "$work/sweep" -q
+    compare float32 compare-f32 --isolate --consistency
+    compare bfloat16 compare-fused-bf16 --capture fused --consistency
+    compare bfloat16 compare-flash-bf16 --attention flash --isolate
+    compare float16 compare-f16 --isolate --consistency
+    compare float32 compare-f32-tf32-reference --tf32 on
     ;;
   bench)
     step bench python3 -m fidelity.bench --device gpu --dtype "${BENCH_DTYPES:-float32,bfloat16}" \
       --batch 1,16 --repeats 50 --warmup 10 --torch-compile --stages --flash --out "$work/bench.json"
     ;;
+  profile)
+    step bench-stages python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 30 \
+      --warmup 5 --stages --flash --no-traced --out "$work/bench-stages.json"
+    step ncu-flash-b16 ncu --print-summary per-kernel --metrics gpu__time_duration.sum \
+      python3 scripts/profile_max_encoder.py --dtype bfloat16 --attention flash --batch 16
+    ;;
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
-mkdir -p "$out"
-tar czf "$out/$phase.tgz" -C "$work" .
-cp "$work/steps.log" "$out/$phase-steps.log"

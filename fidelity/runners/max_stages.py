@@ -86,8 +86,11 @@ class StageBuilder:
         n_out = (length + sum(padding) - kernel) // stride + 1
         span = stride * (n_out - 1) + 1
         cols = ops.concat([x[:, k:k + span:stride, :] for k in range(kernel)], axis=-1)
-        w_mat = ops.reshape(ops.permute(w, [2, 1, 0]), (kernel * c_in, c_out))
-        return cols @ w_mat + self.weight(f"{prefix}.bias", (c_out,))
+        # (c_out, kernel * c_in), used transposed like a Linear weight: that form takes the
+        # tensor-core matmul on an H100/H200, where a plain (k, n) operand took a naive batched
+        # kernel (2.1 of 4.6 ms of the bfloat16 encoder at batch 16, measured with ncu).
+        w_rows = ops.reshape(ops.permute(w, [0, 2, 1]), (c_out, kernel * c_in))
+        return cols @ ops.transpose(w_rows, 0, 1) + self.weight(f"{prefix}.bias", (c_out,))
 
     # -- stages --------------------------------------------------------------
     def conv_stem(self, mel: TensorValue, emit: Emit) -> TensorValue:
