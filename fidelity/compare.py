@@ -25,7 +25,7 @@ from .e2e import compare_transcripts, max_encoder, noise_sweep, transcribe_with
 from .errors import FidelityError
 from .faults import faulty_candidate, get_fault
 from .pipeline import References, compare_candidate
-from .report.files import atomic_dir, build_report, write_dumps, write_report
+from .report.files import atomic_dir, build_report, ensure_replaceable, write_dumps, write_report
 from .report.table import format_e2e, format_summary, format_table
 from .runners.max_graph import DEVICES, CandidateConfig
 from .runners.max_stages import DTYPES, Numerics
@@ -121,8 +121,13 @@ def _compare(args: argparse.Namespace) -> int:
     truth = read_truth(args.text, args.audio) if args.e2e else None
     levels = parse_levels(args.noise_levels) if args.sensitivity else []
     clip = audio.load_audio(args.audio, allow_silent=args.e2e)
+    if args.sensitivity and args.sensitivity not in tapmod.stage_outputs(checkpoint.dims):
+        raise FidelityError(f"--sensitivity takes a stage output: {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
     out = args.out or REPORTS_DIR / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     dump = (DUMPS_DIR / out.name if args.dump is True else args.dump)
+    ensure_replaceable(out, "report.json")  # before minutes of work, not after
+    if dump is not None:
+        ensure_replaceable(dump, "meta.json")
     log.info("model %s", checkpoint.summary())
     mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
     log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))

@@ -25,7 +25,7 @@ from whisper.tokenizer import get_tokenizer
 
 from .errors import FidelityError
 from .runners.max_runner import MaxRunner
-from .taps import stage_names, stage_output
+from .taps import stage_outputs
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def first_parting(reference: list[DecodeRecord], candidate: list[DecodeRecord], 
 def noise_sweep(model: whisper.Whisper, samples: np.ndarray, runner: MaxRunner, tap: str,
                 levels: list[float], reference_text: str, seed: int = 0) -> list[dict]:
     """Transcribe with Gaussian noise of `level` x the tap's RMS added to a stage output."""
-    outputs = [stage_output(runner.dims, s) for s in stage_names(runner.dims)]
+    outputs = stage_outputs(runner.dims)
     if tap not in outputs:
         raise FidelityError(f"--sensitivity takes a stage output: {', '.join(outputs)}")
     normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()

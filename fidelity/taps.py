@@ -74,6 +74,11 @@ def stage_output(dims: ModelDimensions, stage: str) -> str:
     return [tap.name for tap in encoder_taps(dims) if tap.stage == stage][-1]
 
 
+def stage_outputs(dims: ModelDimensions) -> list[str]:
+    """The taps between stages: the residual stream after each stage, and ln_post."""
+    return [stage_output(dims, stage) for stage in stage_names(dims)]
+
+
 def stage_input(dims: ModelDimensions, stage: str) -> str | None:
     """The tap a stage reads, or None for the conv stem (which reads the mel)."""
     stages = stage_names(dims)

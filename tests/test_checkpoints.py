@@ -98,3 +98,10 @@ def test_random_checkpoint_round_trips(tmp_path, small):
     assert all(torch.equal(loaded.state[k], v) for k, v in small.state.items())
     again = random_checkpoint(small.dims, seed=0)
     assert again.state["encoder.conv1.weight"].equal(small.state["encoder.conv1.weight"])
+
+
+def test_a_name_is_found_in_the_users_whisper_cache(tmp_path, monkeypatch, small):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    save_checkpoint(small, tmp_path / "whisper" / "my-model.pt")
+    loaded = load_checkpoint("my-model")
+    assert loaded.name == "my-model" and loaded.dims == small.dims

@@ -105,6 +105,9 @@ def test_bad_ground_truth_is_refused(tmp_path, capsys):
     assert "ground-truth text" in capsys.readouterr().err
     assert compare_main(["--e2e", "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")]) == 2
     assert compare_main(["--text", str(empty), "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    assert compare_main(["--e2e", "--sensitivity", "encoder.blocks.0.attn.query", "--out", str(tmp_path / "o")]) == 2
+    assert "--sensitivity takes a stage output" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -59,9 +59,7 @@ def atomic_dir(target: Path, marker: str):
     output), so a user's unrelated folder is never removed. On failure nothing is left.
     """
     target = Path(target)
-    if target.exists() and not (target / marker).exists():
-        if not target.is_dir() or any(target.iterdir()):
-            raise FidelityError(f"{target} exists and is not an earlier fidelity output; choose another path")
+    ensure_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +72,14 @@ def atomic_dir(target: Path, marker: str):
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
+
+
+def ensure_replaceable(target: Path, marker: str) -> None:
+    """Refuse a target that exists and is neither empty nor an earlier output holding `marker`."""
+    target = Path(target)
+    if target.exists() and not (target / marker).exists():
+        if not target.is_dir() or any(target.iterdir()):
+            raise FidelityError(f"{target} exists and is not an earlier fidelity output; choose another path")
 
 
 def write_report(doc: dict, folder: Path) -> None:
