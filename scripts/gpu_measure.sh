@@ -28,16 +28,18 @@ case "$phase" in
       step "$name" python3 -m fidelity.compare --device gpu --dtype "$dtype" --layer all --out "$work/$name" -q "$@"
     }
     compare bfloat16 compare-bf16 --isolate --consistency
+    compare bfloat16 compare-flash-bf16 --attention flash --isolate
     step sweep python3 -m fidelity.sweep --device gpu --out "$work/sweep" -q
     compare float32 compare-f32 --isolate --consistency
-    compare bfloat16 compare-fused-bf16 --capture fused --consistency
-    compare bfloat16 compare-flash-bf16 --attention flash --isolate
     compare float16 compare-f16 --isolate --consistency
     compare float32 compare-f32-tf32-reference --tf32 on
+    compare bfloat16 compare-fused-bf16 --capture fused --consistency
     ;;
   bench)
-    step bench python3 -m fidelity.bench --device gpu --dtype "${BENCH_DTYPES:-float32,bfloat16}" \
-      --batch 1,16 --repeats 50 --warmup 10 --torch-compile --stages --flash --out "$work/bench.json"
+    step bench-bf16 python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 50 \
+      --warmup 10 --torch-compile --stages --flash --out "$work/bench-bf16.json"
+    step bench-f32 python3 -m fidelity.bench --device gpu --dtype float32 --batch 1,16 --repeats 50 \
+      --warmup 10 --torch-compile --no-traced --out "$work/bench-f32.json"
     ;;
   profile)
     step bench-stages python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 30 \
