@@ -2,7 +2,7 @@
 
 Times, as medians over `--repeats` runs after `--warmup` runs, on one device:
   max_encoder     the whole MAX encoder as one graph, ln_post only (taps off)
-  max_flash       the same with flash attention (with --flash; GPU, half precision)
+  max_flash       the same with flash attention (with --flash; GPU, bfloat16)
   max_traced      the traced MAX stage graphs, every tap copied to the host (batch 1)
   torch_eager     openai-whisper's AudioEncoder (fp32 parameters, input in the dtype)
   torch_compile   the same under torch.compile (with --torch-compile)
@@ -33,7 +33,7 @@ from .report.files import versions
 from .runners.max_encoder import MaxEncoder
 from .runners.max_graph import DEVICES, CandidateConfig, session_for, to_device
 from .runners.max_runner import MaxRunner
-from .runners.max_stages import DTYPES, Numerics
+from .runners.max_stages import DTYPES, FLASH_DTYPES, Numerics
 from .runners.torch_ref import TORCH_DTYPES, TorchRunner
 from .taps import stage_input, stage_names
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--flash", action="store_true",
-                        help="also time the MAX encoder with flash attention (GPU, half precision)")
+                        help="also time the MAX encoder with flash attention (GPU, bfloat16)")
     parser.add_argument("--no-traced", action="store_true", help="skip the traced (all taps) MAX run")
     parser.add_argument("--stages", action="store_true", help="also time each stage alone")
     parser.add_argument("--compare-wall", type=int, default=0, metavar="N",
@@ -116,7 +116,10 @@ def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
         config = CandidateConfig(device=args.device, dtype=dtype)
         encoder = MaxEncoder(checkpoint, config)
         flash = None
-        if args.flash and args.device == "gpu" and dtype != "float32":
+        if args.flash and dtype not in FLASH_DTYPES:
+            log.warning("no flash attention timing in %s: MAX 26.7 compiles it in %s only", dtype,
+                        ", ".join(FLASH_DTYPES))
+        elif args.flash and args.device == "gpu":
             flash = MaxEncoder(checkpoint, CandidateConfig(device=args.device, dtype=dtype,
                                                            numerics=Numerics(attention="flash")))
         reference = TorchRunner(checkpoint, "float32", args.device)

@@ -111,10 +111,11 @@ def _compare(args: argparse.Namespace) -> int:
     selected = tapmod.select_taps(checkpoint.dims, args.layer)
     if args.heatmap_tap and args.heatmap_tap not in {t.name for t in selected}:
         raise FidelityError(f"--heatmap-tap {args.heatmap_tap} is not among the selected taps")
-    config = CandidateConfig(device=args.device, dtype=args.dtype, numerics=Numerics(attention=args.attention),
-                             attention_weights=any(t.optional for t in selected))
-    if config.attention_weights and args.attention == "flash":
+    attention_weights = any(t.optional for t in selected)
+    if attention_weights and args.attention == "flash":
         raise FidelityError("flash attention never forms the attention weights: select other taps")
+    config = CandidateConfig(device=args.device, dtype=args.dtype, numerics=Numerics(attention=args.attention),
+                             attention_weights=attention_weights)
     fault = get_fault(args.fault, checkpoint.dims) if args.fault else None
     if (args.text or args.sensitivity) and not args.e2e:
         raise FidelityError("--text and --sensitivity need --e2e")

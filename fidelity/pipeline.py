@@ -22,7 +22,7 @@ from .runners.max_runner import MaxRunner
 from .runners.torch_ref import TorchRunner
 from .taps import Tap, encoder_taps, stage_input, stage_names
 from .tolerances import CONSISTENCY_BUDGET, budget_for
-from .verdicts import TapResult, first_divergence, judge, judge_consistency
+from .verdicts import TapResult, blame_bad_inputs, first_divergence, judge, judge_consistency
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndar
 
     `isolate` adds each stage's local error (the stage on the reference's input);
     `consistency` recomputes each stage from the candidate's own captured input and
-    flags captured taps that their recomputation does not reproduce. `keep_errors`
+    flags captured taps that their recomputation does not reproduce (a stage whose
+    input is such a tap gets `bad_input` instead, not a problem of its own). `keep_errors`
     keeps each tap's absolute error (float32) from its worst window, for plots.
     """
     dtype = candidate.config.dtype
@@ -128,6 +129,8 @@ def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndar
             rows.append(TapResult(tap.name, tap.stage, stats, budget, judge(stats, budget), index,
                                   local, judge(local, budget) if local else None,
                                   ratio, judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None))
+        if consistency:
+            rows = blame_bad_inputs(rows, {s: stage_input(candidate.dims, s) for s in stage_names(candidate.dims)})
         timings["metrics_s"] += time.perf_counter() - start
         for row in rows:
             if row.name not in best or _worse(row.stats, best[row.name].stats):

@@ -18,7 +18,7 @@ import time
 from . import checkpoints
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
-from .runners.max_stages import DTYPES, Numerics
+from .runners.max_stages import DTYPES, FLASH_DTYPES, Numerics
 from .taps import encoder_taps
 
 log = logging.getLogger("fidelity.precompile")
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma list (default all three)")
     parser.add_argument("--what", default="stages,encoder,fused,flash",
                         help="comma list of: stages, encoder (ln_post only), fused (every tap), flash "
-                             "(encoder with flash attention, half precision only)")
+                             "(encoder with flash attention, bfloat16 only)")
     add_logging_flags(parser)
     return parser
 
@@ -72,7 +72,7 @@ def _precompile(args: argparse.Namespace) -> int:
             compile_encoder(dims, config, ("encoder.ln_post",))
         if "fused" in what:
             compile_encoder(dims, config, all_taps)
-        if "flash" in what and dtype != "float32":
+        if "flash" in what and dtype in FLASH_DTYPES:
             flash = CandidateConfig(device="gpu", dtype=dtype, numerics=Numerics(attention="flash"))
             compile_encoder(dims, flash, ("encoder.ln_post",))
             if "stages" in what:

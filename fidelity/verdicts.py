@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .metrics import TapStats
 
 OK, DIVERGED, NONFINITE, SHAPE, NOT_RUN = "ok", "diverged", "nonfinite", "shape_mismatch", "not_run"
 INCONSISTENT = "inconsistent"  # a captured tap its own consumer does not reproduce: a capture problem
+BAD_INPUT_CAPTURE = "bad_input"  # not reproduced, but recomputed from a captured input that is itself a problem
 
 
 def judge(stats: TapStats, budget: float) -> str:
@@ -68,5 +69,25 @@ def judge_consistency(ratio: float, budget: float) -> str:
     return OK if math.isfinite(ratio) and ratio <= budget else INCONSISTENT
 
 
+def blame_bad_inputs(rows: list[TapResult], stage_inputs: dict[str, str | None]) -> list[TapResult]:
+    """Relabel disagreements that a badly captured stage input explains.
+
+    A stage recomputed from a wrongly captured input disagrees with its own
+    (correctly) captured taps too; only the input is the capture problem. `rows`
+    are in execution order; `stage_inputs` maps a stage to the tap it reads.
+    """
+    problems: set[str] = set()
+    out = []
+    for row in rows:
+        if row.consistency_verdict == INCONSISTENT:
+            if stage_inputs.get(row.stage) in problems:
+                row = replace(row, consistency_verdict=BAD_INPUT_CAPTURE)
+            else:
+                problems.add(row.name)
+        out.append(row)
+    return out
+
+
 def capture_problems(rows: list[TapResult]) -> list[str]:
+    """Captured taps that their own recomputation does not reproduce (consumers of one excluded)."""
     return [row.name for row in rows if row.consistency_verdict == INCONSISTENT]

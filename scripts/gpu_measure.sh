@@ -38,6 +38,8 @@ case "$phase" in
   bench)
     step bench-bf16 python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 50 \
       --warmup 10 --torch-compile --stages --flash --out "$work/bench-bf16.json"
+    step bench-f16 python3 -m fidelity.bench --device gpu --dtype float16 --batch 1,16 --repeats 50 \
+      --warmup 10 --torch-compile --no-traced --out "$work/bench-f16.json"
     step bench-f32 python3 -m fidelity.bench --device gpu --dtype float32 --batch 1,16 --repeats 50 \
       --warmup 10 --torch-compile --no-traced --out "$work/bench-f32.json"
     ;;

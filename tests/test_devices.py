@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from max.driver import accelerator_count
 
@@ -42,7 +43,17 @@ def test_gpu_requests_on_a_cpu_machine_fail_clearly(capsys, tmp_path):
 
 def test_flash_attention_is_gpu_only(small):
     with pytest.raises(FidelityError, match="flash attention runs on the GPU only"):
-        MaxRunner(small, CandidateConfig(numerics=Numerics(attention="flash")))
+        MaxRunner(small, CandidateConfig(dtype="bfloat16", numerics=Numerics(attention="flash")))
+
+
+def test_flash_attention_in_float16_is_refused_before_compiling(capsys, tmp_path):
+    # MAX 26.7's kernel fails to compile in float16 (modular/modular#6887): say so at once.
+    out = tmp_path / "run"
+    assert compare_main(["--attention", "flash", "--dtype", "float16", "--layer", "encoder.ln_post",
+                         "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bfloat16 only" in err[0] and "6887" in err[0], err
+    assert not out.exists()
 
 
 def test_flash_attention_cannot_give_attention_weights(capsys):
@@ -80,3 +91,23 @@ def test_consistency_check_names_a_bad_capture(small, small_mel):
     assert capture_problems(result.rows) == ["encoder.blocks.0.mlp.1"]
     assert result.row("encoder.blocks.0.mlp.1").verdict == "diverged"   # numerically it looks wrong too
     assert result.row("encoder.blocks.0.mlp.2").verdict == "ok"         # but its consumer is fine
+
+
+class _CorruptStageOutput(MaxRunner):
+    """A tracer that records the attention sub-block's output (the MLP's input) with noise."""
+
+    def run(self, mel):
+        taps = super().run(mel)
+        mid = taps["encoder.blocks.0.resid_mid"]
+        noise = np.random.default_rng(0).standard_normal(mid.shape).astype(mid.dtype)
+        taps["encoder.blocks.0.resid_mid"] = mid + 0.01 * mid.std() * noise
+        return taps
+
+
+def test_consistency_names_the_bad_input_not_its_consumers(small, small_mel):
+    result = compare_candidate(_CorruptStageOutput(small, CandidateConfig()), References(small), small_mel,
+                               select_taps(small.dims, "all"), consistency=True)
+    assert capture_problems(result.rows) == ["encoder.blocks.0.resid_mid"]
+    consumers = [r for r in result.rows if r.stage == "blocks.0.mlp"]
+    assert any(r.consistency_verdict == "bad_input" for r in consumers)  # recomputed from the noisy copy
+    assert all(r.consistency_verdict in ("ok", "bad_input") for r in consumers)

@@ -26,7 +26,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.82em} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
 td:first-child,th:first-child{text-align:left;font-family:monospace}
-.ok{background:#e5f5e0}.diverged,.nonfinite,.shape_mismatch,.not_run,.inconsistent{background:#fcbba1}
+.ok{background:#e5f5e0}.diverged,.nonfinite,.shape_mismatch,.not_run,.inconsistent{background:#fcbba1}.bad_input{background:#fee6ce}
 .meta td{text-align:left} img{max-width:100%;border:1px solid #eee}
 del{background:#fcbba1;text-decoration:line-through} ins{background:#c7e9c0;text-decoration:none}
 .transcript{font-family:Georgia,serif;line-height:1.5;max-width:60em}

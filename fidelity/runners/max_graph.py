@@ -29,7 +29,7 @@ from whisper.model import ModelDimensions
 
 from ..checkpoints import cache_dir
 from ..errors import FidelityError
-from .max_stages import DTYPES, Numerics, StageBuilder
+from .max_stages import DTYPES, FLASH_DTYPES, Numerics, StageBuilder
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ class CandidateConfig:
             raise FidelityError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise FidelityError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+        if self.numerics.attention == "flash":
+            if self.dtype not in FLASH_DTYPES:
+                raise FidelityError(f"flash attention compiles in {', '.join(FLASH_DTYPES)} only with MAX 26.7 "
+                                    f"(float16: modular/modular#6887); use --attention matmul for {self.dtype}")
+            if self.device != "gpu":
+                raise FidelityError("flash attention runs on the GPU only (--device gpu)")
 
 
 _SESSIONS: dict[str, tuple[InferenceSession, object]] = {}

@@ -24,6 +24,9 @@ from ..errors import FidelityError
 Emit = Callable[[str, TensorValue], None]
 
 DTYPES = {"float32": DType.float32, "bfloat16": DType.bfloat16, "float16": DType.float16}
+# flash_attention_gpu in MAX 26.7 compiles for bfloat16 only: float16 fails kernel
+# elaboration on Hopper (modular/modular#6887; seen here on an H100), float32 has no kernel.
+FLASH_DTYPES = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,6 @@ class StageBuilder:
     def _flash_attention(self, q, k, v, frames: int, head_dim: int) -> TensorValue:
         """`max.nn.kernels.flash_attention_gpu` on `[batch, frames, heads, head_dim]`, one scale."""
         n, heads = self.numerics, self.dims.n_audio_head
-        if self.device.device_type.value == "cpu":
-            raise FidelityError("flash attention runs on the GPU only (--device gpu)")
         if n.softmax_axis not in (-1, 3) or n.head_layout != "heads_first":
             raise FidelityError("flash attention has no form for this fault")
         from max.nn.attention import MHAMaskVariant  # max.nn takes ~1 s to import: only on this path
