@@ -29,7 +29,7 @@ import torch
 from . import audio, checkpoints
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
-from .report.files import versions
+from .report.files import ensure_writable_file, versions, write_text_atomic
 from .runners.max_encoder import MaxEncoder
 from .runners.max_graph import DEVICES, CandidateConfig, session_for, to_device
 from .runners.max_runner import MaxRunner
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         raise FidelityError("--repeats must be at least 1 and --warmup at least 0")
+    if args.out:
+        ensure_writable_file(args.out)  # before minutes of timing, not after
     if args.compare_wall:
         results = {"compare_wall": compare_wall(args.compare_wall, args.model, args.device)}
     elif args.e2e_seconds:
@@ -101,8 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
                     "machine": _machine(args.device), "date": time.strftime("%Y-%m-%d")})
     sys.stdout.write(format_results(results) + "\n")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
     return EXIT_OK
 
 
@@ -177,7 +178,7 @@ def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dty
 
 
 def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) -> list[dict]:
-    """Whole transcriptions with each encoder: wall time and the encoder's share (medians)."""
+    """Whole transcriptions with each encoder: wall time, the encoder's share (medians), same text or not."""
     from .e2e import max_encoder, transcribe_with
 
     checkpoint = checkpoints.load_checkpoint(model_name)
@@ -187,12 +188,15 @@ def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) ->
     rows = []
     for seconds in lengths:
         samples = np.resize(source, seconds * audio.SAMPLE_RATE)  # the clip tiled to length
+        reference_text = None
         for side, encoder in (("openai-whisper", model.encoder), ("max", max_encoder(candidate))):
             runs = [transcribe_with(model, samples, encoder, progress=False) for _ in range(repeats)]
             wall = statistics.median(r.seconds for r in runs)
             enc = statistics.median(r.encoder_seconds for r in runs)
+            reference_text = reference_text if reference_text is not None else runs[0].text
             rows.append({"audio_s": seconds, "encoder": side, "wall_s": round(wall, 2), "encoder_s": round(enc, 2),
-                         "encoder_share": round(enc / wall, 3), "windows": runs[0].encoder_calls})
+                         "encoder_share": round(enc / wall, 3), "windows": runs[0].encoder_calls,
+                         "same_text": all(r.text == reference_text for r in runs)})
             log.info("%d s audio, %s encoder: %.1f s wall, %.0f%% in the encoder", seconds, side, wall,
                      100 * enc / wall)
     return rows
@@ -218,7 +222,8 @@ def format_results(results: dict) -> str:
     if "e2e" in results:
         return "\n".join(f"{r['audio_s']:4d} s audio  {r['encoder']:15s} {r['wall_s']:7.1f} s wall  "
                          f"{r['encoder_s']:6.1f} s encoder ({100 * r['encoder_share']:.0f}%), "
-                         f"{r['windows']} windows" for r in results["e2e"])
+                         f"{r['windows']} windows, {'same text' if r['same_text'] else 'TEXT DIFFERS'}"
+                         for r in results["e2e"])
     if "compare_wall" in results:
         wall = results["compare_wall"]
         return f"compare --layer all: median {wall['median_s']:.2f} s over {wall['runs']} runs {wall['all_s']}"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
+from .report.files import write_text_atomic
 from .tolerances import GATE_TOLERANCES, badness
 
 log = logging.getLogger("fidelity.gate")
@@ -106,9 +107,7 @@ def _gate(args: argparse.Namespace) -> int:
     if args.update:
         if report.get("fault"):
             raise FidelityError(f"refusing to make a baseline of a run with an injected fault ({report['fault']})")
-        tmp = args.baseline.with_name(args.baseline.name + ".tmp")
-        tmp.write_text(json.dumps(baseline_from_report(report), indent=1) + "\n")
-        tmp.replace(args.baseline)
+        write_text_atomic(args.baseline, json.dumps(baseline_from_report(report), indent=1) + "\n")
         log.info("baseline %s rewritten from %s (%d taps)", args.baseline, args.report, len(report["taps"]))
         return EXIT_OK
     baseline = read_json(args.baseline, "baseline")

@@ -21,7 +21,7 @@ from . import audio, checkpoints
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
 from .metrics import compare
-from .report.files import atomic_dir
+from .report.files import atomic_dir, ensure_replaceable
 from .runners.max_graph import DEVICES, CandidateConfig
 from .runners.max_runner import MaxRunner
 from .runners.max_stages import DTYPES
@@ -78,6 +78,8 @@ def _sweep(args: argparse.Namespace) -> int:
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown or not dtypes:
         raise FidelityError(f"--dtypes: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(DTYPES)}")
+    if args.out:
+        ensure_replaceable(args.out, "sweep.json")  # before the runs, not after
     checkpoint = checkpoints.load_checkpoint(args.model)
     taps = [t.name for t in select_taps(checkpoint.dims, args.layer) if not t.optional]
     mel = audio.mel_windows(audio.load_audio(args.audio), checkpoint.dims.n_mels)[:1]

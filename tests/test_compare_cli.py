@@ -107,6 +107,25 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path, capsys):
     assert (keep / "notes.txt").read_text() == "precious"
 
 
+def test_other_commands_refuse_an_unusable_out_before_any_work(tmp_path, capsys):
+    from fidelity.bench import main as bench_main
+    from fidelity.faults.__main__ import main as faults_main
+    from fidelity.sweep import main as sweep_main
+
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    for run, args, message in ((faults_main, ["--out", str(keep)], "not an earlier fidelity output"),
+                               (sweep_main, ["--out", str(keep)], "not an earlier fidelity output"),
+                               (bench_main, ["--out", str(keep)], "is a folder"),
+                               (bench_main, ["--out", str(keep / "notes.txt" / "b.json")], "is a file")):
+        assert run([*args, "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
+    assert (keep / "notes.txt").read_text() == "precious"
+
+
 def test_module_entry_point_and_help():
     done = subprocess.run([sys.executable, "-m", "fidelity.compare", "--layer", "nope"],
                           capture_output=True, text=True)

@@ -123,3 +123,16 @@ def test_drop_in_encoder_keeps_device_and_dtype():
     encoder = DropInEncoder(lambda mel: np.ones((mel.shape[0], 3, 2), np.float32))
     out = encoder(torch.zeros(2, 4, 6, dtype=torch.float16))
     assert out.dtype == torch.float16 and out.shape == (2, 3, 2)
+
+
+def test_e2e_bench_times_both_pipelines_and_checks_their_texts(tmp_path, capsys):
+    from fidelity.bench import main as bench_main
+
+    out = tmp_path / "e2e.json"
+    assert bench_main(["--e2e-seconds", "30", "--repeats", "1", "--out", str(out), "-q"]) == 0
+    rows = json.loads(out.read_text())["e2e"]
+    assert [r["encoder"] for r in rows] == ["openai-whisper", "max"]
+    for row in rows:
+        assert row["audio_s"] == 30 and row["windows"] >= 1 and row["same_text"] is True
+        assert 0 < row["encoder_s"] < row["wall_s"]
+    assert "same text" in capsys.readouterr().out

@@ -21,7 +21,7 @@ from .. import audio, checkpoints
 from ..cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from ..errors import FidelityError
 from ..pipeline import References, compare_candidate
-from ..report.files import atomic_dir, versions
+from ..report.files import atomic_dir, ensure_replaceable, versions
 from ..runners.max_graph import CandidateConfig
 from ..taps import select_taps
 from . import CATALOGUE, FAULTS, Fault, faulty_candidate, get_fault
@@ -80,6 +80,7 @@ def _prove(args: argparse.Namespace) -> int:
         for fault in CATALOGUE:
             sys.stdout.write(f"{fault.name:30s} {fault.description}\n")
         return EXIT_OK
+    ensure_replaceable(args.out, "faults.json")  # before minutes of runs, not after
     checkpoint = checkpoints.load_checkpoint(args.model)
     dims = checkpoint.dims
     names = list(FAULTS) if args.fault == "all" else [n.strip() for n in args.fault.split(",") if n.strip()]

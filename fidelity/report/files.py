@@ -82,6 +82,28 @@ def ensure_replaceable(target: Path, marker: str) -> None:
             raise FidelityError(f"{target} exists and is not an earlier fidelity output; choose another path")
 
 
+def ensure_writable_file(path: Path) -> None:
+    """Refuse, before any work, an output file path that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise FidelityError(f"{path} is a folder; give a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise FidelityError(f"cannot write {path}: {parent} is a file")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(doc: dict, folder: Path) -> None:
     """report.json and report.csv into `folder`."""
     (folder / "report.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
