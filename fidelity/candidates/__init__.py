@@ -1,0 +1,1 @@
+"""Encoders under test: the protocol (`base`) and the candidates that implement it."""

@@ -1,0 +1,118 @@
+"""The candidate protocol: what the workbench needs of any encoder under test.
+
+A candidate is an implementation of openai-whisper's `AudioEncoder` (the built-in MAX
+encoder, a user's MAX Graph port, a non-MAX engine). The reference is always
+openai-whisper. Every candidate returns taps by the names of `fidelity.taps`, in the
+tap's canonical layout (per example: `(width, frames)` for the conv taps,
+`(frames, width)` for the residual stream, `(heads, ctx, ctx)` for attention
+weights), as float32 numpy arrays with a leading batch axis.
+
+Capabilities beyond `run` are optional and declared, so the comparison flow can
+refuse a plan a candidate cannot serve (one line, exit 2) before any work:
+  * patching (`patchable_taps`, `run_patched`): isolation and first-divergence
+    localization; each patched tap's downstream reads the given value instead of
+    what the candidate computed there;
+  * a front end (`front_end`): the port's own audio -> log-mel, compared with
+    openai-whisper's before the conv stem.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from whisper.model import ModelDimensions
+
+from ..errors import FidelityError
+
+ENCODER_OUTPUT = "encoder.ln_post"
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """What the user asks of a candidate: where it runs and in which precision.
+
+    A builder `NAME(checkpoint, config)` receives this and may refuse what it cannot
+    do by raising `FidelityError` with one line naming the problem and the fix.
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class CapabilityError(FidelityError):
+    """A plan asks a candidate for something it does not offer (no probes, no front end)."""
+
+
+class Candidate(abc.ABC):
+    """An encoder under test. Subclasses set `name`, `dims`, `dtype`, `device`."""
+
+    name: str
+    dims: ModelDimensions
+    dtype: str
+    device: str
+
+    @property
+    def floor_dtype(self) -> str:
+        """The precision openai-whisper runs in to give this candidate's noise floor."""
+        return self.dtype
+
+    @abc.abstractmethod
+    def available_taps(self) -> list[str]:
+        """Tap names this candidate can return, in execution order; always has `encoder.ln_post`."""
+
+    @abc.abstractmethod
+    def run(self, mel: np.ndarray, taps: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run on `mel` (batch, n_mels, 2 * n_audio_ctx), float32.
+
+        Returns {tap: float32 array (batch, *canonical shape)} for each asked tap it has.
+        A tap the candidate computed wrongly (wrong shape, non-finite) is returned as
+        computed: that is a finding, not an error.
+        """
+
+    def patchable_taps(self) -> list[str]:
+        """Taps whose value `run_patched` can replace; empty when the candidate cannot patch."""
+        return []
+
+    def run_patched(self, mel: np.ndarray, patches: dict[str, np.ndarray],
+                    taps: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run with each tap in `patches` replaced, downstream of where it is computed, by the given
+        value (batch, *canonical shape; the candidate casts it to its own dtype).
+
+        Each returned tap is the value the candidate computed at that point, before its own
+        patch applies, from the patched values upstream: with every stage input patched to
+        the float64 reference, each stage's taps carry only that stage's own (local) error.
+        """
+        raise CapabilityError(f"candidate {self.name} cannot patch taps: isolation needs a candidate "
+                              "with two or more probes (see README, 'Instrument your port')")
+
+    @property
+    def has_front_end(self) -> bool:
+        return False
+
+    def front_end(self, samples: np.ndarray) -> np.ndarray:
+        """16 kHz mono float32 samples -> (windows, n_mels, 2 * n_audio_ctx) log-mel, as the port computes
+        it (padding to 30 s windows included)."""
+        raise CapabilityError(f"candidate {self.name} has no front end of its own")
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """The encoder output only (what transcription needs)."""
+        return self.run(mel, [ENCODER_OUTPUT])[ENCODER_OUTPUT]
+
+    def describe(self) -> dict:
+        """What a report records about the candidate."""
+        return {"name": self.name, "dtype": self.dtype, "device": self.device, "floor_dtype": self.floor_dtype,
+                "taps": len(self.available_taps()), "patchable": len(self.patchable_taps()),
+                "front_end": self.has_front_end}
+
+    def close(self) -> None:
+        """Release engines and device memory (optional)."""
+
+
+def check_batch(mel: np.ndarray, dims: ModelDimensions) -> None:
+    """Refuse a mel batch of the wrong shape before a candidate sees it."""
+    want = (dims.n_mels, 2 * dims.n_audio_ctx)
+    if mel.ndim != 3 or tuple(mel.shape[1:]) != want:
+        raise FidelityError(f"mel batch has shape {tuple(mel.shape)}, the model needs (batch, {want[0]}, {want[1]})")
