@@ -30,8 +30,9 @@ from . import audio, checkpoints
 from .candidates.base import CandidateConfig
 from .candidates.max_builtin import DTYPES, FLASH_DTYPES, BuiltinCandidate, MaxOptions, Numerics
 from .candidates.max_builtin.whole_graph import WholeEncoder
-from .candidates.max_engine import DEVICES, session_for, to_device
+from .candidates.max_engine import session_for, to_device
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .devices import DEVICES
 from .errors import FidelityError
 from .report.files import ensure_writable_file, versions, write_text_atomic
 from .runners.torch_ref import TORCH_DTYPES, TorchRunner
@@ -92,11 +93,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compare_wall:
         results = {"compare_wall": compare_wall(args.compare_wall, args.model, args.device)}
     elif args.e2e_seconds:
-        results = {"e2e": bench_e2e(args.model, args.device, [_positive(x) for x in args.e2e_seconds.split(",")],
-                                    args.repeats)}
+        lengths = [_positive(x, "--e2e-seconds") for x in args.e2e_seconds.split(",")]
+        results = {"e2e": bench_e2e(args.model, args.device, lengths, args.repeats)}
     else:
         dtypes = _parse_list(args.dtype, DTYPES, "--dtype")
-        batches = [_positive(b) for b in args.batch.split(",")]
+        batches = [_positive(b, "--batch") for b in args.batch.split(",")]
         results = {"cases": bench_encoders(args, dtypes, batches)}
     results.update({"device": args.device, "model": args.model, "versions": versions(),
                     "machine": _machine(args.device), "date": time.strftime("%Y-%m-%d")})
@@ -267,13 +268,13 @@ def _parse_list(text: str, allowed, flag: str) -> list[str]:
     return items
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, flag: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise FidelityError(f"--batch: {text!r} is not a whole number") from None
+        raise FidelityError(f"{flag}: {text!r} is not a whole number") from None
     if value < 1:
-        raise FidelityError("--batch sizes must be at least 1")
+        raise FidelityError(f"{flag}: each value must be at least 1, got {value}")
     return value
 
 

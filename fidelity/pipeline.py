@@ -27,7 +27,7 @@ import numpy as np
 
 from .candidates.base import Candidate, CapabilityError
 from .checkpoints import Checkpoint
-from .errors import FidelityError
+from .errors import CandidateCrash, FidelityError
 from .metrics import TapStats, compare, not_run, rmse_between
 from .report.files import DumpWriter
 from .runners.torch_ref import TorchRunner
@@ -38,14 +38,6 @@ from .verdicts import TapResult, blame_bad_inputs, first_divergence, internal_di
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-
-
-class CandidateCrash(Exception):
-    """The candidate raised while it ran: its own bug, not a divergence and not bad input."""
-
-    def __init__(self, candidate: str, action: str, error: BaseException):
-        super().__init__(f"candidate {candidate} crashed in {action}: {type(error).__name__}: {error}")
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -195,7 +187,7 @@ def _call(candidate: Candidate, action: str, fn, *args):
     except FidelityError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the user's code is reported as its crash
-        raise CandidateCrash(candidate.name, action, exc) from exc
+        raise CandidateCrash(f"candidate {candidate.name} crashed in {action}") from exc
 
 
 class _Window:

@@ -20,8 +20,8 @@ import numpy as np
 from . import audio, checkpoints
 from .candidates.base import CandidateConfig
 from .candidates.max_builtin import DTYPES, BuiltinCandidate
-from .candidates.max_engine import DEVICES
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .devices import DEVICES
 from .errors import FidelityError
 from .metrics import compare
 from .report.files import atomic_dir, ensure_replaceable

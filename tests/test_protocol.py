@@ -4,6 +4,7 @@ patching, internal differences, front ends, and what a user's candidate can get 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -140,9 +141,9 @@ def test_front_end_is_compared_before_the_conv_stem(tiny, short_clip, builder, c
         assert result.first_divergence is None
 
 
-def _compare(*args, cwd):
+def _compare(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "fidelity.compare", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=900)
+                          cwd=cwd, timeout=900, env=env)
 
 
 @pytest.mark.parametrize("spec, flags, message", [
@@ -164,11 +165,15 @@ def test_bad_candidates_are_one_line_exit_2_nothing_written(tmp_path, request, s
 
 def test_a_crash_inside_the_candidate_is_its_crash(tmp_path, request):
     out = tmp_path / "out"
-    done = _compare("--candidate", f"{SPEC}:crashing", "--out", str(out), "--layer", "encoder.ln_post",
-                    cwd=request.config.rootpath)
+    env = {**os.environ, "FIDELITY_CACHE": str(tmp_path / "cache")}
+    done = _compare("--candidate", f"{SPEC}:crashing", "--out", str(out), "--layer", "ln_post", "-q",
+                    cwd=request.config.rootpath, env=env)
     assert done.returncode == 3, done.stderr
-    assert "candidate crashing crashed in run: ZeroDivisionError: the port divided by zero" in done.stderr
-    assert "Traceback" in done.stderr  # in the log
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith("compare: the candidate crashed: ZeroDivisionError: the port "
+                                                 "divided by zero"), line
+    logs = list((tmp_path / "cache" / "crashes").glob("compare-*.log"))
+    assert len(logs) == 1 and "crashed in run" in logs[0].read_text() and "Traceback" in logs[0].read_text()
     assert not out.exists()
 
 

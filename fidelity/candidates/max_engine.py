@@ -27,8 +27,6 @@ from ..errors import FidelityError
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "gpu")
-
 _SESSIONS: dict[str, tuple[InferenceSession, object]] = {}
 
 

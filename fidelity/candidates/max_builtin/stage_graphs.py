@@ -15,10 +15,11 @@ from max.engine import Model
 from max.graph import Graph, TensorType
 from whisper.model import ModelDimensions
 
+from ...devices import check_device
 from ...errors import FidelityError
 from ...taps import Stage
 from ..base import CandidateConfig
-from ..max_engine import DEVICES, compile_graph, device_ref, session_for
+from ..max_engine import compile_graph, device_ref, session_for
 from .graph_ops import DTYPES, FLASH_DTYPES, Numerics, StageBuilder
 
 STAGE_KINDS = ("conv_stem", "attn", "mlp", "ln_post")
@@ -46,8 +47,7 @@ class MaxOptions:
 
 def check_options(config: CandidateConfig, options: MaxOptions) -> None:
     """Refuse a configuration the built-in candidate cannot compile, before compiling."""
-    if config.device not in DEVICES:
-        raise FidelityError(f"unknown device {config.device!r}: choose from {', '.join(DEVICES)}")
+    check_device(config.device)
     if config.dtype not in DTYPES:
         raise FidelityError(f"unknown dtype {config.dtype!r}: choose from {', '.join(DTYPES)}")
     if options.capture not in CAPTURES:
