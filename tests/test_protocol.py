@@ -184,5 +184,5 @@ def test_a_user_candidate_through_the_command(tmp_path, request, short_clip):
     assert done.returncode == 1, done.stderr
     doc = json.loads((out / "report.json").read_text())
     assert doc["first_divergence"] == "frontend.mel" and doc["candidate"]["name"] == "zero-padded-front-end"
-    assert "first divergence by local error: frontend.mel" in done.stdout
+    assert "first divergence by local error (isolated stages): frontend.mel" in done.stdout
     assert (out / "report.html").is_file()
