@@ -4,7 +4,8 @@ Runs the MAX candidate and openai-whisper (float64 for the truth, the candidate'
 precision for the noise floor) on the same log-mel windows, prints a per-tap table
 and writes report.json/report.csv (and, with --dump, every captured tensor).
 
-Exit status: 0 when every selected tap is within budget, 1 when one is not,
+Exit status: 0 when every selected tap is within budget, 1 when one is not (or, with
+--e2e, when the teacher-forced KL ratio is over budget or a flip is not a near tie),
 2 on bad input (one line on stderr, nothing written).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from . import audio, checkpoints
 from . import taps as tapmod
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
-from .e2e import compare_transcripts, max_encoder, noise_sweep, transcribe_with
+from .e2e import end_to_end, noise_sweep, torch_device
 from .errors import FidelityError
 from .faults import faulty_candidate, get_fault
 from .pipeline import References, compare_candidate
@@ -29,6 +30,7 @@ from .report.files import atomic_dir, build_report, ensure_replaceable, write_du
 from .report.table import format_e2e, format_summary, format_table
 from .runners.max_graph import DEVICES, CandidateConfig
 from .runners.max_stages import DTYPES, Numerics
+from .teacher import failed as teacher_failed
 
 log = logging.getLogger("fidelity.compare")
 
@@ -71,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(python -m fidelity.faults --list shows them)")
     parser.add_argument("--e2e", action="store_true",
                         help="also transcribe the whole clip with openai-whisper, once with its own encoder and "
-                             "once with the MAX encoder (greedy, temperature 0), and compare the words")
+                             "once with the MAX encoder (greedy, and with openai-whisper's default temperature "
+                             "fallback), compare the words, and teacher-force the decoder over the reference "
+                             "transcript to judge the candidate's next-token KL against openai-whisper's own "
+                             "in the same dtype (exit 1 when over budget)")
     parser.add_argument("--text", type=Path, default=None,
                         help="ground-truth transcript for --e2e (the shipped clips bring their own)")
     parser.add_argument("--sensitivity", default=None, metavar="TAP",
@@ -121,7 +126,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise FidelityError("--text and --sensitivity need --e2e")
     truth = read_truth(args.text, args.audio) if args.e2e else None
     levels = parse_levels(args.noise_levels) if args.sensitivity else []
-    clip = audio.load_audio(args.audio, allow_silent=args.e2e)
+    clip = audio.load_audio(args.audio)  # --e2e on silence: nothing to teacher-force either
     if args.sensitivity and args.sensitivity not in tapmod.stage_outputs(checkpoint.dims):
         raise FidelityError(f"--sensitivity takes a stage output: {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
     out = args.out or REPORTS_DIR / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -140,7 +145,8 @@ def _compare(args: argparse.Namespace) -> int:
                                    keep_arrays=dump is not None, consistency=args.consistency,
                                    keep_errors=args.html)
     comparison.timings["compile_s"] = candidate.compile_seconds
-    e2e = run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels) if args.e2e else None
+    e2e = (run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels, args.device, args.dtype)
+           if args.e2e else None)
     comparison.timings["total_s"] = time.perf_counter() - started
     context = {
         "model": {"name": checkpoint.name, "dims": asdict(checkpoint.dims)},
@@ -168,22 +174,20 @@ def _compare(args: argparse.Namespace) -> int:
         sys.stdout.write(format_e2e(e2e) + "\n")
     log.info("report written to %s%s (%.1f s)", out, f", dumps to {dump}" if dump else "",
              time.perf_counter() - started)
-    transcript_changed = e2e is not None and not e2e["identical"]
-    return EXIT_FAIL if doc["first_divergence"] or transcript_changed else EXIT_OK
+    e2e_failed = e2e is not None and teacher_failed(e2e["teacher"])  # not merely a changed greedy transcript
+    return EXIT_FAIL if doc["first_divergence"] or e2e_failed else EXIT_OK
 
 
-def run_e2e(checkpoint, clip, candidate, truth: str | None, sensitivity: str | None, levels: list[float]) -> dict:
-    """Transcribe with both encoders and compare; optionally sweep noise at one tap."""
-    model = checkpoint.whisper_model()
-    log.info("transcribing %.1f s with openai-whisper's encoder", clip.seconds)
-    reference = transcribe_with(model, clip.samples, model.encoder)
-    log.info("transcribing %.1f s with the MAX encoder", clip.seconds)
-    result = compare_transcripts(model, reference, transcribe_with(model, clip.samples, max_encoder(candidate)),
-                                 truth)
+def run_e2e(checkpoint, clip, candidate, truth: str | None, sensitivity: str | None, levels: list[float],
+            device: str = "cpu", dtype: str = "float32") -> dict:
+    """Transcribe with both encoders, compare, teacher-force; optionally sweep noise at one tap."""
+    model = checkpoint.whisper_model().to(torch_device(device))
+    encode = candidate.encode  # the one coupling to the built-in MAX candidate: mel -> features
+    result = end_to_end(model, checkpoint, clip.samples, encode, truth, device, dtype)
     if sensitivity:
         result["sensitivity"] = {"tap": sensitivity,
                                  "rows": noise_sweep(model, clip.samples, candidate, sensitivity, levels,
-                                                     reference.text)}
+                                                     result["reference_text"])}
     return result
 
 

@@ -58,3 +58,18 @@ def badness(statistic: str, value: float) -> float:
     if statistic == "bias":
         return abs(value)
     return value
+
+
+# End to end, teacher forced (fidelity.teacher): the candidate's mean KL(float64 reference ||
+# candidate) of the decoder's next-token distributions, as a multiple of the same KL of
+# openai-whisper's encoder in the candidate's precision (the transcript-level noise floor).
+KL_RATIO_BUDGET: dict[str, float] = {
+    "float32": 10.0,
+    "bfloat16": 10.0,
+    "float16": 10.0,
+}
+
+
+def kl_ratio_budget(dtype: str) -> float:
+    """The teacher-forced KL-ratio budget of a candidate in `dtype`."""
+    return KL_RATIO_BUDGET[dtype]
