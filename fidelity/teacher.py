@@ -101,19 +101,19 @@ class Forcing:
         self.targets = sequence[len(initial):]
 
     def logprobs(self, model: whisper.Whisper, features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw, filtered) float64 next-token log-probabilities at each target, (n_targets, n_vocab), on the CPU."""
+        """At each target, on the CPU: the float64 next-token log-probabilities (n_targets, n_vocab), and
+        the float32 logits after openai-whisper's logit filters (their top tokens and gaps are greedy's)."""
         device = next(model.parameters()).device
         xa = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
         with torch.no_grad(), tf32(False):
             logits = model.decoder(self.tokens.to(device), xa)[0]
         rows = logits[self.begin:self.begin + len(self.targets)].float().cpu()
-        raw = torch.log_softmax(rows.double(), dim=-1)
         filtered = rows.clone()
         for i in range(len(rows)):
             context = self.tokens[:, :self.begin + i + 1]
             for logit_filter in self.filters:  # in place on row i, as DecodingTask._main_loop does
                 logit_filter.apply(filtered[i:i + 1], context)
-        return raw, torch.log_softmax(filtered.double(), dim=-1)
+        return torch.log_softmax(rows.double(), dim=-1), filtered
 
 
 @dataclass
@@ -125,24 +125,31 @@ class Side:
     margin_move: np.ndarray  # |side's gap between the reference's top two - the reference's gap|
 
 
-def _side(ref_raw, ref_filtered, raw, filtered, top2) -> Side:
-    kl = (ref_raw.exp() * (ref_raw - raw)).sum(dim=-1)
+def _side(ref_probs, ref_logprobs, logprobs, filtered, top2) -> Side:
+    kl = (ref_probs * (ref_logprobs - logprobs)).sum(dim=-1)
     first, second = top2.indices[:, 0:1], top2.indices[:, 1:2]
-    gap = (filtered.gather(1, first) - filtered.gather(1, second))[:, 0]
-    move = (gap - (top2.values[:, 0] - top2.values[:, 1])).abs()
+    gap = (filtered.double().gather(1, first) - filtered.double().gather(1, second))[:, 0]
+    move = (gap - _gap(top2)).abs()
     return Side(kl.numpy(), filtered.argmax(dim=-1).numpy(), move.numpy())
+
+
+def _gap(top2) -> torch.Tensor:
+    """The log-probability gap between the top two tokens (a difference of logits: normalisation cancels)."""
+    values = top2.values.double()
+    return values[:, 0] - values[:, 1]
 
 
 def force_window(model: whisper.Whisper, window: Window, features: dict[str, np.ndarray]) -> dict:
     """Teacher-force one window with each side's features ({"reference": ..., "candidate": ..., "floor": ...})."""
     forcing = Forcing(model, window)
-    ref_raw, ref_filtered = forcing.logprobs(model, features["reference"])
+    ref_logprobs, ref_filtered = forcing.logprobs(model, features["reference"])
+    ref_probs = ref_logprobs.exp()
     top2 = ref_filtered.topk(2, dim=-1)
     sides = {}
     for name, value in features.items():
         if name != "reference":
-            sides[name] = _side(ref_raw, ref_filtered, *forcing.logprobs(model, value), top2)
-    margin = (top2.values[:, 0] - top2.values[:, 1]).numpy()
+            sides[name] = _side(ref_probs, ref_logprobs, *forcing.logprobs(model, value), top2)
+    margin = _gap(top2).numpy()
     return {"forcing": forcing, "top1": top2.indices[:, 0].numpy(), "margin": margin, "sides": sides}
 
 
