@@ -195,6 +195,9 @@ def _transcripts(e2e: dict) -> str:
     return "\n".join(lines)
 
 
+_LABELS = 10  # flips labelled with their margin in the KL plot (the smallest margins); all are marked
+
+
 def _teacher(teacher: dict) -> str:
     cand, floor = teacher["candidate"], teacher["floor"]
     ratio = "not computed" if teacher["kl_ratio"] is None else f"{teacher['kl_ratio']:.3g}"
@@ -211,7 +214,8 @@ def _teacher(teacher: dict) -> str:
             f"<tr><td>{f['window']}</td><td>{f['token_index']}</td><td>{_e(f['context'][-50:])}</td>"
             f"<td>{_e(f['reference_token'])}</td><td>{_e(f['side_token'])}</td><td>{_fmt('m', f['margin'])}</td>"
             f"<td>{_fmt('m', f['floor_movement'])}</td>"
-            f"<td class='{'ok' if f['near_tie'] else 'diverged'}'>{_e(f['near_tie'])}</td></tr>" for f in cand["flips"])
+            f"<td class='{'ok' if f['near_tie'] else 'diverged'}'>{_e(f['near_tie'])}</td></tr>"
+            for f in cand["flips"][:200])
         lines.append(f"<table><tr>{head}</tr>{body}</table>")
     return "\n".join(lines)
 
@@ -219,19 +223,24 @@ def _teacher(teacher: dict) -> str:
 def _kl_curve(teacher: dict):
     fig, axis = plt.subplots(figsize=(12, 3.8))
     offset, starts = 0, []
+    flips = teacher["candidate"]["flips"]
+    labelled = {(f["window"], f["token_index"]) for f in sorted(flips, key=lambda f: f["margin"] or 0)[:_LABELS]}
     for row in teacher["windows"]:
         n = len(row["tokens"])
         x = np.arange(offset, offset + n)
-        for side, style in (("floor", dict(color="#999999", lw=0.8)), ("candidate", dict(color="#3182bd", lw=1))):
-            if side in row:
-                kl = np.array([np.nan if v is None else max(v, 1e-30) for v in row[side]["kl"]], dtype=float)
+        for side, style in (("candidate", dict(color="#3182bd", lw=1)),
+                            ("floor", dict(color="#636363", lw=0.8, ls="--"))):
+            if side in row:  # KL 0 (or a rounding-negative KL) has no place on a log axis: left out
+                kl = np.array([np.nan if v is None or v <= 0 else v for v in row[side]["kl"]], dtype=float)
                 axis.semilogy(x, kl, label=side if not starts else None, **style)
         for flip in row["candidate"]["flips"]:
             j = offset + flip["token_index"]
-            value = row["candidate"]["kl"][flip["token_index"]] or 1e-30
-            axis.plot([j], [max(value, 1e-30)], "v", color="#de2d26" if not flip["near_tie"] else "#fd8d3c", ms=7)
-            axis.annotate(f"{flip['reference_token']!r}->{flip['side_token']!r}\nmargin {_fmt('m', flip['margin'])}",
-                          (j, max(value, 1e-30)), fontsize=6, xytext=(2, 6), textcoords="offset points")
+            value = row["candidate"]["kl"][flip["token_index"]] or 0.0
+            y = value if value > 0 else np.nan
+            axis.plot([j], [y], "v", color="#de2d26" if not flip["near_tie"] else "#fd8d3c", ms=7)
+            if (flip["window"], flip["token_index"]) in labelled and value > 0:
+                label = f"{flip['reference_token']!r}->{flip['side_token']!r}\nmargin {_fmt('m', flip['margin'])}"
+                axis.annotate(label, (j, y), fontsize=6, xytext=(2, 6), textcoords="offset points")
         starts.append(offset)
         offset += n
     for start in starts[1:]:
