@@ -28,10 +28,11 @@ import torch
 
 from . import audio, checkpoints
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .devices import DEVICES
 from .errors import FidelityError
 from .report.files import ensure_writable_file, versions, write_text_atomic
 from .runners.max_encoder import MaxEncoder
-from .runners.max_graph import DEVICES, CandidateConfig, session_for, to_device
+from .runners.max_graph import CandidateConfig, session_for, to_device
 from .runners.max_runner import MaxRunner
 from .runners.max_stages import DTYPES, FLASH_DTYPES, Numerics
 from .runners.torch_ref import TORCH_DTYPES, TorchRunner
@@ -93,11 +94,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compare_wall:
         results = {"compare_wall": compare_wall(args.compare_wall, args.model, args.device)}
     elif args.e2e_seconds:
-        results = {"e2e": bench_e2e(args.model, args.device, [_positive(x) for x in args.e2e_seconds.split(",")],
-                                    args.repeats)}
+        lengths = [_positive(x, "--e2e-seconds") for x in args.e2e_seconds.split(",")]
+        results = {"e2e": bench_e2e(args.model, args.device, lengths, args.repeats)}
     else:
         dtypes = _parse_list(args.dtype, DTYPES, "--dtype")
-        batches = [_positive(b) for b in args.batch.split(",")]
+        batches = [_positive(b, "--batch") for b in args.batch.split(",")]
         results = {"cases": bench_encoders(args, dtypes, batches)}
     results.update({"device": args.device, "model": args.model, "versions": versions(),
                     "machine": _machine(args.device), "date": time.strftime("%Y-%m-%d")})
@@ -267,13 +268,13 @@ def _parse_list(text: str, allowed, flag: str) -> list[str]:
     return items
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, flag: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise FidelityError(f"--batch: {text!r} is not a whole number") from None
+        raise FidelityError(f"{flag}: {text!r} is not a whole number") from None
     if value < 1:
-        raise FidelityError("--batch sizes must be at least 1")
+        raise FidelityError(f"{flag}: each value must be at least 1, got {value}")
     return value
 
 

@@ -177,3 +177,9 @@ def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise FidelityError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
+    for key in expected:
+        tensor = state[key]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FidelityError(f"{source}: weight {key} has {bad} non-finite value(s) (NaN or Inf); "
+                                "the reference cannot run on it: fix or re-export the checkpoint")

@@ -1,17 +1,26 @@
-"""What every command-line entry point shares: one-line errors, exit codes, logging."""
+"""What every command-line entry point shares: one-line errors, exit codes, logging.
+
+Exit status: 0 all within budget, 1 a divergence (or regression), 2 bad input (one
+line, nothing written), 3 a crash (of fidelity or of the candidate: one line naming
+it, the traceback in a crash log), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
+import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Callable
 
-from .errors import FidelityError
+from .errors import CandidateCrash, FidelityError
 
 log = logging.getLogger("fidelity")
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +43,8 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body, turning FidelityError into one line on stderr and exit 2."""
+    """Run a command body: FidelityError is one line and exit 2; any other exception is a crash,
+    one line and exit 3 with its traceback in a crash log, never read as a divergence."""
     try:
         return body()
     except FidelityError as exc:
@@ -43,3 +53,25 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
+    except Exception as exc:  # noqa: BLE001 - every other failure is a crash, reported as such
+        log.debug("crash", exc_info=True)
+        where = write_crash_log(prog)
+        who = "the candidate crashed" if isinstance(exc, CandidateCrash) else "crashed"
+        cause = exc.__cause__ if isinstance(exc, CandidateCrash) and exc.__cause__ else exc
+        detail = (str(cause).strip().splitlines() or [""])[0]
+        sys.stderr.write(f"{prog}: {who}: {type(cause).__name__}: {detail} (not a divergence; "
+                         f"traceback in {where})\n")
+        return EXIT_CRASH
+
+
+def write_crash_log(prog: str) -> Path | str:
+    """The current exception's traceback in a new log under <cache>/crashes; its path (or why not)."""
+    from .checkpoints import cache_dir  # torch-heavy; only on a crash
+
+    path = cache_dir() / "crashes" / f"{prog}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    except OSError as exc:
+        return f"<crash log not written: {exc}>"
+    return path

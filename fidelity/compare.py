@@ -22,13 +22,14 @@ from pathlib import Path
 from . import audio, checkpoints
 from . import taps as tapmod
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
-from .e2e import end_to_end, noise_sweep, torch_device
+from .devices import DEVICES, torch_device
+from .e2e import end_to_end, noise_sweep
 from .errors import FidelityError
 from .faults import faulty_candidate, get_fault
 from .pipeline import References, compare_candidate
 from .report.files import atomic_dir, build_report, ensure_replaceable, write_dumps, write_report
 from .report.table import format_e2e, format_summary, format_table
-from .runners.max_graph import DEVICES, CandidateConfig
+from .runners.max_graph import CandidateConfig
 from .runners.max_stages import DTYPES, Numerics
 from .teacher import failed as teacher_failed
 
@@ -48,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wav/flac/ogg at any rate, mono or stereo (default: the shipped 28 s speech clip); "
                              "longer than 30 s is compared window by window")
     parser.add_argument("--layer", default="all",
-                        help="taps to compare: 'all', a tap name, a glob ('encoder.blocks.*.attn.*'), "
-                             "a block index, or a comma list; attention weights only when named "
-                             "('encoder.blocks.*.attn.weights'). See --list-taps")
+                        help="taps to compare: 'all', a tap name or its unambiguous short form ('ln_post', "
+                             "'conv1', '2.mlp.0'), a glob ('blocks.*.attn.*'), a block index, a stage "
+                             "('2.attn', 'conv_stem'), or a comma list; attention weights only when named "
+                             "('blocks.*.attn.weights'). See --list-taps")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="where MAX and torch run (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="candidate precision; the noise-floor reference runs in the same (default float32)")
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", type=Path, default=None,
                         help="ground-truth transcript for --e2e (the shipped clips bring their own)")
     parser.add_argument("--sensitivity", default=None, metavar="TAP",
-                        help="with --e2e: add noise at this stage output (e.g. encoder.blocks.1.resid_post) "
+                        help="with --e2e: add noise at this stage output (e.g. 1.resid_post, or a stage: 1.mlp) "
                              "and report how the transcript changes")
     parser.add_argument("--noise-levels", default="0.001,0.01,0.03,0.1,0.3",
                         help="noise RMS as fractions of the tap's RMS, for --sensitivity")
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    out = args.out or REPORTS_DIR / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    dump = (DUMPS_DIR / out.name if args.dump is True else args.dump)
+    ensure_replaceable(out, "report.json")  # before any work, not after minutes of it
+    if dump is not None:
+        ensure_replaceable(dump, "meta.json")
     checkpoint = checkpoints.load_checkpoint(args.model)
     if args.list_taps:
         for tap in tapmod.encoder_taps(checkpoint.dims):
@@ -114,6 +121,10 @@ def _compare(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{tap.name:44s} {'x'.join(map(str, tap.shape)):>14s}  {tap.description}{extra}\n")
         return EXIT_OK
     selected = tapmod.select_taps(checkpoint.dims, args.layer)
+    if args.heatmap_tap:
+        args.heatmap_tap = tapmod.resolve_tap(checkpoint.dims, args.heatmap_tap)
+    if args.sensitivity:
+        args.sensitivity = tapmod.resolve_tap(checkpoint.dims, args.sensitivity)
     if args.heatmap_tap and args.heatmap_tap not in {t.name for t in selected}:
         raise FidelityError(f"--heatmap-tap {args.heatmap_tap} is not among the selected taps")
     attention_weights = any(t.optional for t in selected)
@@ -128,12 +139,8 @@ def _compare(args: argparse.Namespace) -> int:
     levels = parse_levels(args.noise_levels) if args.sensitivity else []
     clip = audio.load_audio(args.audio)  # --e2e on silence: nothing to teacher-force either
     if args.sensitivity and args.sensitivity not in tapmod.stage_outputs(checkpoint.dims):
-        raise FidelityError(f"--sensitivity takes a stage output: {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
-    out = args.out or REPORTS_DIR / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    dump = (DUMPS_DIR / out.name if args.dump is True else args.dump)
-    ensure_replaceable(out, "report.json")  # before minutes of work, not after
-    if dump is not None:
-        ensure_replaceable(dump, "meta.json")
+        raise FidelityError(f"--sensitivity takes a stage output (a stage name stands for its output, e.g. "
+                            f"'1.attn'): {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
     log.info("model %s", checkpoint.summary())
     mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
     log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))

@@ -334,9 +334,3 @@ def end_to_end(model: whisper.Whisper, checkpoint, samples: np.ndarray, encode: 
     result["teacher"]["floor_encoder"] = f"openai-whisper encoder, {dtype} on {device}, TF32 off"
     return result
 
-
-def torch_device(device: str) -> torch.device:
-    """The torch device of a workbench device name ('cpu', 'gpu')."""
-    if device == "gpu" and not torch.cuda.is_available():
-        raise FidelityError("--device gpu: torch sees no CUDA device for openai-whisper's decoder")
-    return torch.device("cuda" if device == "gpu" else "cpu")

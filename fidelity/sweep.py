@@ -19,10 +19,11 @@ import numpy as np
 
 from . import audio, checkpoints
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from .devices import DEVICES
 from .errors import FidelityError
 from .metrics import compare
 from .report.files import atomic_dir, ensure_replaceable
-from .runners.max_graph import DEVICES, CandidateConfig
+from .runners.max_graph import CandidateConfig
 from .runners.max_runner import MaxRunner
 from .runners.max_stages import DTYPES
 from .runners.torch_ref import TorchRunner

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass
 
 from whisper.model import ModelDimensions
@@ -86,11 +87,56 @@ def stage_input(dims: ModelDimensions, stage: str) -> str | None:
     return None if index == 0 else stage_output(dims, stages[index - 1])
 
 
-def select_taps(dims: ModelDimensions, selector: str) -> list[Tap]:
-    """Taps chosen by `selector`: `all`, a name, a glob, a block index, or a comma list.
+def _long_forms(part: str) -> list[str]:
+    """What a short name may stand for: itself, under `encoder.`, or under `encoder.blocks.`."""
+    return [part, f"encoder.{part}", f"encoder.blocks.{part}"]
 
-    Optional taps (attention weights) come only when a selector names them: an
-    exact name, or a glob containing `weights`.
+
+def _stage_taps(taps: list[Tap], part: str) -> list[Tap]:
+    """The taps of the stage `part` names (`blocks.2.attn`, `2.attn`, `conv_stem`), else none."""
+    for form in (part, f"blocks.{part}", part.removeprefix("encoder.")):
+        hits = [t for t in taps if t.stage == form and not t.optional]
+        if hits:
+            return hits
+    return []
+
+
+def _unknown(part: str, taps: list[Tap]) -> FidelityError:
+    block = re.match(r"(?:encoder\.)?(?:blocks\.)?(\d+)\.", part)
+    layers = sum(1 for t in taps if t.name.endswith(".resid_post"))
+    if block and int(block.group(1)) >= layers:
+        return FidelityError(f"unknown tap {part!r}: block {block.group(1)} does not exist, "
+                             f"the model has blocks 0..{layers - 1}")
+    names = [t.name for t in taps]
+    close = difflib.get_close_matches(part, names, n=3) or difflib.get_close_matches(f"encoder.{part}", names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; try --list-taps"
+    return FidelityError(f"unknown tap {part!r}{hint}")
+
+
+def resolve_tap(dims: ModelDimensions, text: str) -> str:
+    """The full name of one tap, given its name or an unambiguous short form.
+
+    `ln_post`, `conv1`, `blocks.2.mlp.0` and `2.mlp.0` are short for `encoder.ln_post` and so
+    on; a stage name (`2.attn`, `blocks.1.mlp`, `conv_stem`) stands for that stage's output tap.
+    """
+    taps = encoder_taps(dims)
+    names = {t.name for t in taps}
+    for form in _long_forms(text.strip()):
+        if form in names:
+            return form
+    stage = _stage_taps(taps, text.strip())
+    if stage:
+        return stage[-1].name
+    raise _unknown(text, taps)
+
+
+def select_taps(dims: ModelDimensions, selector: str) -> list[Tap]:
+    """Taps chosen by `selector`: `all`, a name, a glob, a block index, a stage, or a comma list.
+
+    Names may be short when unambiguous (`ln_post`, `conv1`, `2.mlp.0`, `blocks.*.attn.query`);
+    a stage name (`2.attn`, `blocks.1.mlp`, `conv_stem`) selects that stage's taps. Optional
+    taps (attention weights) come only when a selector names them: an exact name, or a glob
+    containing `weights`.
     """
     taps = encoder_taps(dims)
     chosen: set[str] = set()
@@ -105,13 +151,14 @@ def select_taps(dims: ModelDimensions, selector: str) -> list[Tap]:
                 raise FidelityError(f"block {index} does not exist: the model has blocks 0..{dims.n_audio_layer - 1}")
             hits = [t for t in taps if t.name.startswith(f"encoder.blocks.{index}.") and not t.optional]
         elif any(ch in part for ch in "*?["):
-            hits = [t for t in taps if fnmatch.fnmatchcase(t.name, part) and (not t.optional or "weights" in part)]
+            hits = next((found for form in _long_forms(part)
+                         if (found := [t for t in taps if fnmatch.fnmatchcase(t.name, form)
+                                       and (not t.optional or "weights" in part)])), [])
         else:
-            hits = [t for t in taps if t.name == part]
+            hits = next(([t for t in taps if t.name == form] for form in _long_forms(part)
+                         if any(t.name == form for t in taps)), []) or _stage_taps(taps, part)
         if not hits:
-            close = difflib.get_close_matches(part, [t.name for t in taps], n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; try --list-taps"
-            raise FidelityError(f"unknown tap {part!r}{hint}")
+            raise _unknown(part, taps)
         chosen.update(t.name for t in hits)
     if not chosen:
         raise FidelityError("empty tap selection")

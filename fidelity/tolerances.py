@@ -40,12 +40,18 @@ def budget_for(tap: str, dtype: str) -> float:
 # regression. A statistic regresses when its badness exceeds
 #   baseline badness * factor + slack
 # where badness is the statistic turned into "bigger is worse".
+# Only statistics of the candidate against float64 are compared with the baseline:
+# they do not depend on PyTorch's float32 kernels, so they hold across machines (the
+# committed baseline, recorded on a CPU without AVX-512, and a run on an AVX-512 CPU
+# agree on every tap's rel_l2 to within 4%). The noise-floor ratio is left out on
+# purpose: its denominator, PyTorch's own float32 error, moves by up to 6x with the
+# kernel path (`python -m fidelity.floor_spread`: conv2 1.31e-7 with AVX-512 oneDNN,
+# 7.89e-7 with AVX2), so the gate checks it against its absolute budget instead.
 GATE_TOLERANCES: dict[str, dict[str, float]] = {
     "cosine": {"factor": 2.0, "slack": 1e-9},             # badness: 1 - cosine
     "rel_l2": {"factor": 1.5, "slack": 1e-7},
     "std_ratio": {"factor": 2.0, "slack": 1e-5},          # badness: |std_ratio - 1|
     "bias": {"factor": 2.0, "slack": 1e-6},               # badness: |bias|
-    "noise_floor_ratio": {"factor": 1.5, "slack": 0.5},
 }
 
 

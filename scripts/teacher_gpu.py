@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from fidelity import audio, checkpoints
-from fidelity.e2e import torch_device, transcribe_with
+from fidelity.devices import torch_device
+from fidelity.e2e import transcribe_with
 from fidelity.runners.max_graph import CandidateConfig
 from fidelity.runners.max_runner import MaxRunner
 from fidelity.runners.max_stages import Numerics

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from whisper.model import ModelDimensions
 
+from ..devices import check_device
 from ..errors import FidelityError
 
 ENCODER_OUTPUT = "encoder.ln_post"
@@ -40,6 +41,9 @@ class CandidateConfig:
 
     device: str = "cpu"
     dtype: str = "float32"
+
+    def __post_init__(self):
+        check_device(self.device)
 
 
 class CapabilityError(FidelityError):

@@ -32,6 +32,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def reference_platform() -> dict:
+    """Which float32 kernels this process's PyTorch runs: what the noise floor depends on."""
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+            "mkldnn": bool(torch.backends.mkldnn.enabled), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def build_report(comparison, context: dict) -> dict:
     """The report.json document for a comparison and its run context."""
     taps = [row.as_dict() for row in comparison.rows]
@@ -40,6 +50,7 @@ def build_report(comparison, context: dict) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **context,
         "versions": versions(),
+        "reference_platform": reference_platform(),
         "isolated": comparison.isolated,
         "first_divergence": comparison.first_divergence,
         "first_divergence_chained": comparison.first_divergence_chained,
@@ -77,6 +88,7 @@ def atomic_dir(target: Path, marker: str):
 def ensure_replaceable(target: Path, marker: str) -> None:
     """Refuse a target that exists and is neither empty nor an earlier output holding `marker`."""
     target = Path(target)
+    _ensure_under_folder(target)
     if target.exists() and not (target / marker).exists():
         if not target.is_dir() or any(target.iterdir()):
             raise FidelityError(f"{target} exists and is not an earlier fidelity output; choose another path")
@@ -87,9 +99,14 @@ def ensure_writable_file(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise FidelityError(f"{path} is a folder; give a file name")
-    parent = next((p for p in path.parents if p.exists()), None)
+    _ensure_under_folder(path)
+
+
+def _ensure_under_folder(path: Path) -> None:
+    """Refuse a path whose nearest existing ancestor is not a folder (it could never be created)."""
+    parent = next((p for p in Path(path).absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise FidelityError(f"cannot write {path}: {parent} is a file")
+        raise FidelityError(f"cannot write {path}: {parent} is a file, not a folder")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -28,13 +28,13 @@ from max.graph import DeviceRef, Graph, TensorType
 from whisper.model import ModelDimensions
 
 from ..checkpoints import cache_dir
+from ..devices import check_device
 from ..errors import FidelityError
 from .max_stages import DTYPES, FLASH_DTYPES, Numerics, StageBuilder
 
 log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("conv_stem", "attn", "mlp", "ln_post")
-DEVICES = ("cpu", "gpu")
 
 
 def stage_kind(stage: str) -> str:
@@ -56,8 +56,7 @@ class CandidateConfig:
     attention_weights: bool = False
 
     def __post_init__(self):
-        if self.device not in DEVICES:
-            raise FidelityError(f"unknown device {self.device!r}: choose from {', '.join(DEVICES)}")
+        check_device(self.device)
         if self.dtype not in DTYPES:
             raise FidelityError(f"unknown dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
         if self.numerics.attention == "flash":

@@ -23,6 +23,7 @@ from torch import nn
 from whisper.model import AudioEncoder, LayerNorm, disable_sdpa
 
 from ..checkpoints import Checkpoint
+from ..devices import check_device
 from ..errors import FidelityError
 from ..taps import stage_output
 
@@ -71,7 +72,7 @@ class TorchRunner:
         if dtype not in TORCH_DTYPES:
             raise FidelityError(f"unknown reference dtype {dtype!r}")
         self.dtype, self.tf32 = dtype, tf32
-        self.device = torch.device("cuda" if device == "gpu" else "cpu")
+        self.device = torch.device("cuda" if check_device(device) == "gpu" else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FidelityError("--device gpu: torch sees no CUDA device")
         d = checkpoint.dims
