@@ -6,6 +6,7 @@ at a time (as `whisper.decode` is fed), so both runners see the same input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from math import gcd
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import torch
+import whisper.audio as whisper_audio
 from whisper.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
 
 from .errors import FidelityError
@@ -70,11 +73,35 @@ def load_audio(path: str | Path, allow_silent: bool = False) -> Clip:
 
 def mel_windows(clip: Clip, n_mels: int) -> np.ndarray:
     """Log-mel of each 30 s window: (windows, n_mels, 3000) float32."""
+    return log_mel_windows(clip.samples, n_mels)
+
+
+def log_mel_windows(samples: np.ndarray, n_mels: int, float64: bool = False) -> np.ndarray:
+    """openai-whisper's log-mel of each 30 s window of 16 kHz samples (the last padded with zero
+    samples), float32; with `float64`, the same function computed in float64 (the front end's truth)."""
     windows = []
-    for start in range(0, len(clip.samples), N_SAMPLES):
-        chunk = pad_or_trim(clip.samples[start:start + N_SAMPLES])
-        windows.append(log_mel_spectrogram(chunk, n_mels).numpy())
-    return np.stack(windows).astype(np.float32)
+    for start in range(0, max(len(samples), 1), N_SAMPLES):
+        chunk = pad_or_trim(np.asarray(samples[start:start + N_SAMPLES], dtype=np.float32))
+        if float64:
+            with _float64_mel():
+                windows.append(log_mel_spectrogram(torch.from_numpy(chunk.astype(np.float64)), n_mels).numpy())
+        else:
+            windows.append(log_mel_spectrogram(chunk, n_mels).numpy())
+    return np.stack(windows).astype(np.float64 if float64 else np.float32)
+
+
+@contextlib.contextmanager
+def _float64_mel():
+    """openai-whisper's `log_mel_spectrogram` in float64: its window and mel filters made float64."""
+    original = whisper_audio.mel_filters
+    default = torch.get_default_dtype()
+    whisper_audio.mel_filters = lambda device, n_mels: original(device, n_mels).double()
+    torch.set_default_dtype(torch.float64)  # the Hann window
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+        whisper_audio.mel_filters = original
 
 
 def window_starts(clip: Clip) -> list[float]:

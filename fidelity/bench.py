@@ -27,16 +27,15 @@ import numpy as np
 import torch
 
 from . import audio, checkpoints
+from .candidates.base import CandidateConfig
+from .candidates.max_builtin import DTYPES, FLASH_DTYPES, BuiltinCandidate, MaxOptions, Numerics
+from .candidates.max_builtin.whole_graph import WholeEncoder
+from .candidates.max_engine import session_for, to_device
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .devices import DEVICES
 from .errors import FidelityError
 from .report.files import ensure_writable_file, versions, write_text_atomic
-from .runners.max_encoder import MaxEncoder
-from .runners.max_graph import CandidateConfig, session_for, to_device
-from .runners.max_runner import MaxRunner
-from .runners.max_stages import DTYPES, FLASH_DTYPES, Numerics
 from .runners.torch_ref import TORCH_DTYPES, TorchRunner
-from .taps import stage_input, stage_names
 
 log = logging.getLogger("fidelity.bench")
 
@@ -116,14 +115,13 @@ def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
     cases = []
     for dtype in dtypes:
         config = CandidateConfig(device=args.device, dtype=dtype)
-        encoder = MaxEncoder(checkpoint, config)
+        encoder = WholeEncoder(checkpoint, config)
         flash = None
         if args.flash and dtype not in FLASH_DTYPES:
             log.warning("no flash attention timing in %s: MAX 26.7 compiles it in %s only", dtype,
                         ", ".join(FLASH_DTYPES))
         elif args.flash and args.device == "gpu":
-            flash = MaxEncoder(checkpoint, CandidateConfig(device=args.device, dtype=dtype,
-                                                           numerics=Numerics(attention="flash")))
+            flash = WholeEncoder(checkpoint, config, MaxOptions(numerics=Numerics(attention="flash")))
         reference = TorchRunner(checkpoint, "float32", args.device)
         compiled = torch.compile(reference.encoder, mode="reduce-overhead" if args.device == "gpu" else "default") \
             if args.torch_compile else None
@@ -141,12 +139,13 @@ def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
                 ms = median_ms(fn, sync, args.repeats, args.warmup)
                 cases.append({"what": name, "dtype": dtype, "batch": batch, "median_ms": round(ms, 3)})
                 log.info("%s %s batch %d: %.2f ms", name, dtype, batch, ms)
-        traced = MaxRunner(checkpoint, config) if not args.no_traced or args.stages else None
+        traced = BuiltinCandidate(checkpoint, config) if not args.no_traced or args.stages else None
         if not args.no_traced:
-            ms = median_ms(lambda: traced.run(mel1), sync, args.repeats, args.warmup)
+            every = traced.available_taps()
+            ms = median_ms(lambda: traced.run(mel1, every), sync, args.repeats, args.warmup)
             cases.append({"what": "max_traced", "dtype": dtype, "batch": 1, "median_ms": round(ms, 3)})
         if args.stages:
-            flash_traced = MaxRunner(checkpoint, flash.config) if flash is not None else None
+            flash_traced = BuiltinCandidate(checkpoint, config, flash.options) if flash is not None else None
             for batch in batches:
                 mel = np.repeat(mel1, batch, axis=0)
                 cases += bench_stages(traced, reference, mel, dtype, sync, args, with_torch=True)
@@ -156,17 +155,17 @@ def bench_encoders(args, dtypes: list[str], batches: list[int]) -> list[dict]:
     return cases
 
 
-def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dtype: str, sync, args,
+def bench_stages(traced: BuiltinCandidate, reference: TorchRunner, mel: np.ndarray, dtype: str, sync, args,
                  with_torch: bool, only: tuple[str, ...] = (), label: str = "max_stage") -> list[dict]:
     """Each stage alone (or those in `only`), on the float32 reference's input for it."""
-    dims = traced.dims
-    names = [stage_input(dims, s) for s in stage_names(dims) if s != "conv_stem"]
-    inputs = reference.run(mel, names)
+    inputs = reference.run(mel, traced.patchable_taps())
     cases = []
-    for stage in only or stage_names(dims):
-        source = mel if stage == "conv_stem" else inputs[stage_input(dims, stage)]
+    for stage in traced.stages:
+        if only and stage.name not in only:
+            continue
+        source = mel if stage.input is None else inputs[stage.input]
         device_input = to_device(source, traced.config.device)
-        model = traced.models[stage]
+        model = traced.models[stage.name]
         timed = [(label, lambda: model.execute(device_input))]
         if with_torch:
             x = torch.from_numpy(source).to(reference.device, TORCH_DTYPES[dtype])
@@ -174,7 +173,8 @@ def bench_stages(traced: MaxRunner, reference: TorchRunner, mel: np.ndarray, dty
             timed.append(("torch_stage", lambda: _torch_call(torch_fn, x)))
         for name, fn in timed:
             ms = median_ms(fn, sync, args.repeats, args.warmup)
-            cases.append({"what": name, "stage": stage, "dtype": dtype, "batch": len(mel), "median_ms": round(ms, 3)})
+            cases.append({"what": name, "stage": stage.name, "dtype": dtype, "batch": len(mel),
+                          "median_ms": round(ms, 3)})
     return cases
 
 
@@ -184,7 +184,7 @@ def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) ->
 
     checkpoint = checkpoints.load_checkpoint(model_name)
     model = checkpoint.whisper_model().to("cuda" if device == "gpu" else "cpu")
-    candidate = MaxRunner(checkpoint, CandidateConfig(device=device))
+    candidate = BuiltinCandidate(checkpoint, CandidateConfig(device=device))
     source = audio.load_audio(audio.DATA_DIR / "speech_long.flac").samples
     rows = []
     for seconds in lengths:

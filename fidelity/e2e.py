@@ -25,8 +25,8 @@ from torch import nn
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 from whisper.tokenizer import get_tokenizer
 
+from .candidates.base import Candidate
 from .errors import FidelityError
-from .runners.max_runner import MaxRunner
 from .runners.torch_ref import _tf32 as tf32
 from .taps import stage_outputs
 from .teacher import Encode, memoized, reference_windows, teacher_forced, torch_encoder
@@ -161,8 +161,10 @@ def transcribe_with(model: whisper.Whisper, samples: np.ndarray, encoder: nn.Mod
     return Transcript(result["text"].strip(), segments, records, seconds, timed.seconds, timed.calls, temperature)
 
 
-def max_encoder(runner: MaxRunner, perturb=None) -> DropInEncoder:
-    """The MAX candidate as a drop-in encoder (its compiled stage graphs, chained)."""
+def max_encoder(runner: Candidate, perturb=None) -> DropInEncoder:
+    """A candidate as a drop-in encoder (its `encode`; `perturb` only for the built-in MAX candidate)."""
+    if perturb is None:
+        return DropInEncoder(runner.encode)
     return DropInEncoder(lambda mel: runner.encode(mel, perturb))
 
 
@@ -232,7 +234,7 @@ def first_parting(reference: list[DecodeRecord], candidate: list[DecodeRecord], 
     return None
 
 
-def noise_sweep(model: whisper.Whisper, samples: np.ndarray, runner: MaxRunner, tap: str,
+def noise_sweep(model: whisper.Whisper, samples: np.ndarray, runner: Candidate, tap: str,
                 levels: list[float], reference_text: str, seed: int = 0) -> list[dict]:
     """Transcribe with Gaussian noise of `level` x the tap's RMS added to a stage output."""
     outputs = stage_outputs(runner.dims)

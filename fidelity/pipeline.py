@@ -1,10 +1,17 @@
-"""The comparison flow: mel windows -> two runners -> metrics -> verdicts.
+"""The comparison flow: a candidate and a plan -> per-tap statistics and verdicts.
 
-`References` runs openai-whisper in float64 (the truth) and in the candidate's
-precision (the noise floor) and keeps the last window's taps, so several candidates
-(the fault catalogue) are compared against one set of reference runs.
-`compare_candidate` runs a MAX candidate over every window and judges each tap,
-chained and, with `isolate`, stage by stage on the reference's inputs.
+`References` is openai-whisper in float64 (the truth) and in the candidate's
+precision (the noise floor). `compare_candidate(candidate, references, mel, plan)`
+walks the encoder stage by stage, window by window: at each stage it runs the
+reference (and, for a candidate that `runs_by_stage`, the candidate), judges that
+stage's taps and drops their arrays, keeping only what the next stage reads. A
+candidate that runs only as a whole is run once per window and its taps are
+consumed stage by stage.
+
+Isolation works the same for every candidate: each of its patchable taps is
+replaced by the float64 reference value (`run_patched`, or a stage run on the
+reference's input), and the reference in the candidate's precision is patched at
+the same taps, so each tap's local error is the error of the span that ends there.
 """
 
 from __future__ import annotations
@@ -13,58 +20,72 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from .candidates.base import Candidate, CapabilityError
 from .checkpoints import Checkpoint
+from .errors import CandidateCrash, FidelityError
 from .metrics import TapStats, compare, not_run, rmse_between
-from .runners.max_runner import MaxRunner
+from .report.files import DumpWriter
 from .runners.torch_ref import TorchRunner
-from .taps import Tap, encoder_taps, stage_input, stage_names
+from .taps import FRONT_END_TAP, Stage, front_end_stage, stages
 from .tolerances import CONSISTENCY_BUDGET, budget_for
-from .verdicts import TapResult, blame_bad_inputs, first_divergence, judge, judge_consistency
+from .verdicts import TapResult, blame_bad_inputs, first_divergence, internal_differences, judge, judge_consistency
 
 log = logging.getLogger(__name__)
 
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compare and what to keep.
+
+    `taps`: tap names to judge (execution order); `isolate`: also each tap's local error;
+    `consistency`: recompute each span from the candidate's own captured input and flag
+    captured taps it does not reproduce; `keep_errors`: |candidate - float64| of each
+    tap's worst window (plots); `dump`: a folder to write every compared tensor of the
+    three sides to, stage by stage.
+    """
+
+    taps: tuple[str, ...]
+    isolate: bool = False
+    consistency: bool = False
+    keep_errors: bool = False
+    dump: Path | None = None
+
 
 class References:
-    """openai-whisper in float64 and in the candidate's precision, cached per window."""
+    """openai-whisper in float64 and in the candidate's precision.
+
+    `cache_bytes` > 0 keeps reference results per (window, stage, patches) up to that many
+    bytes, for comparing several candidates (the fault catalogue) against one set of runs."""
 
     def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", tf32: bool = False,
-                 attention_weights: bool = False):
+                 cache_bytes: int = 0):
         self.dims = checkpoint.dims
         self.truth = TorchRunner(checkpoint, "float64", "cpu")
         self.floor = TorchRunner(checkpoint, dtype, device, tf32=tf32)
-        self.tap_names = [t.name for t in encoder_taps(self.dims) if attention_weights or not t.optional]
-        self._cache: dict[tuple, dict] = {}
+        self.cache_bytes = cache_bytes
+        self._cache: dict[tuple, Arrays] = {}
+        self._cached = 0
 
-    def chained(self, mel: np.ndarray) -> tuple[dict, dict]:
-        """(float64 taps, floor-precision taps) of the whole encoder on `mel`."""
-        key = ("chained", hash(mel.tobytes()))
-        if key not in self._cache:
-            self._cache.clear()
-            start = time.perf_counter()
-            truth = self.truth.run(mel, self.tap_names)
-            floor = self.floor.run(mel, self.tap_names)
-            log.info("reference float64 + %s runs: %.1f s", self.floor.dtype, time.perf_counter() - start)
-            self._cache[key] = {"truth": truth, "floor": floor}
-        return self._cache[key]["truth"], self._cache[key]["floor"]
-
-    def stage_inputs(self, mel: np.ndarray) -> dict[str, np.ndarray]:
-        """Each stage's float64 reference input (the conv stem reads the mel)."""
-        truth, _ = self.chained(mel)
-        return {s: truth[stage_input(self.dims, s)] for s in stage_names(self.dims) if s != "conv_stem"}
-
-    def isolated_floor(self, mel: np.ndarray) -> dict:
-        """Floor-precision taps of each stage run on the float64 reference input."""
-        truth, floor = self.chained(mel)
-        key = ("isolated", hash(mel.tobytes()))
-        cache = self._cache.setdefault(key, {})
-        if "floor" not in cache:
-            local = self.floor.run_stages(self.stage_inputs(mel), self.tap_names)
-            local.update({t: floor[t] for t in self.tap_names if t not in local})  # conv stem: same input
-            cache["floor"] = local
-        return cache["floor"]
+    def run_stage(self, side: str, stage: Stage, x: np.ndarray, taps: set[str], key: tuple,
+                  patches: Arrays | None = None) -> Arrays:
+        """`side` ('truth' or 'floor') run on one stage; `key` names the input (for the cache)."""
+        runner = self.truth if side == "truth" else self.floor
+        cache_key = (side, stage.name, key, tuple(sorted(taps)), tuple(sorted(patches or {})))
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        out = runner.run_stage(stage, x, taps, patches)
+        size = sum(a.nbytes for a in out.values())
+        if self._cached + size <= self.cache_bytes:
+            self._cache[cache_key] = out
+            self._cached += size
+        return out
 
 
 @dataclass
@@ -74,90 +95,230 @@ class Comparison:
     rows: list[TapResult]
     windows: list[dict]
     isolated: bool
+    outputs: dict[str, str]  # stage -> its output tap
     timings: dict = field(default_factory=dict)
-    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     errors: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> |candidate - float64|, one window
+    candidate: dict = field(default_factory=dict)
 
     @property
     def first_divergence(self) -> str | None:
-        """With isolation, the first tap whose *local* error is over budget; else the first failing tap."""
-        return first_divergence(self.rows, local=self.isolated)
+        """With isolation, the first tap whose *local* error is over budget; else the first failing tap.
+        Taps of a stage whose output is within budget are internal differences instead."""
+        return first_divergence(self.rows, self.isolated, self.outputs)
 
     @property
     def first_divergence_chained(self) -> str | None:
-        return first_divergence(self.rows, local=False)
+        return first_divergence(self.rows, False, self.outputs)
+
+    @property
+    def first_stage(self) -> str | None:
+        """The stage of the first divergence (what isolation localizes)."""
+        first = self.first_divergence
+        return self.row(first).stage if first else None
+
+    @property
+    def internal_differences(self) -> list[dict]:
+        return internal_differences(self.rows, self.outputs, self.isolated)
 
     def row(self, name: str) -> TapResult:
         return next(r for r in self.rows if r.name == name)
 
 
-def compare_candidate(candidate: MaxRunner, references: References, mel: np.ndarray, taps: list[Tap],
-                      isolate: bool = False, keep_arrays: bool = False, consistency: bool = False,
-                      keep_errors: bool = False) -> Comparison:
-    """Judge every selected tap of `candidate` on every window of `mel` (windows, n_mels, frames).
+def check_plan(candidate: Candidate, plan: Plan) -> None:
+    """Refuse, before any work, a plan the candidate cannot serve."""
+    if plan.isolate and len(candidate.patchable_taps()) < 2:
+        raise CapabilityError(f"--isolate needs a candidate with two or more patchable taps; {candidate.name} has "
+                              f"{len(candidate.patchable_taps())} (add probes, see README 'Bring your own port')")
+    offered = set(candidate.available_taps()) | ({FRONT_END_TAP} if candidate.has_front_end else set())
+    if not set(plan.taps) & offered:
+        raise CapabilityError(f"candidate {candidate.name} offers none of the selected taps; it has "
+                              f"{', '.join(sorted(offered)[:6])}")
 
-    `isolate` adds each stage's local error (the stage on the reference's input);
-    `consistency` recomputes each stage from the candidate's own captured input and
-    flags captured taps that their recomputation does not reproduce (a stage whose
-    input is such a tap gets `bad_input` instead, not a problem of its own). `keep_errors`
-    keeps each tap's absolute error (float32) from its worst window, for plots.
+
+def compare_candidate(candidate: Candidate, references: References, mel: np.ndarray, plan: Plan,
+                      samples: np.ndarray | None = None) -> Comparison:
+    """Judge the planned taps of `candidate` on every window of `mel` (windows, n_mels, frames).
+
+    A candidate with its own front end is run on the mel it computes from `samples`
+    (16 kHz), compared with `mel` (openai-whisper's) at `frontend.mel`; the reference
+    always reads `mel`.
     """
-    dtype = candidate.config.dtype
+    check_plan(candidate, plan)
+    dims = references.dims
+    front = candidate.has_front_end
+    if front and samples is None:
+        raise FidelityError(f"candidate {candidate.name} has its own front end: give the audio samples")
+    walk = ([front_end_stage(dims)] if front else []) + stages(dims)
+    offered = set(candidate.available_taps()) | ({FRONT_END_TAP} if front else set())
+    taps = [t for s in walk for t in s.taps if t.name in set(plan.taps) and t.name in offered]
+    timings = {"candidate_s": 0.0, "reference_s": 0.0, "metrics_s": 0.0}
+    cand_mel = _call(candidate, "front_end", candidate.front_end, samples) if front else None
+    truth_mel = references.truth.front_end(samples) if front else None
+    dump = DumpWriter(plan.dump, len(mel)) if plan.dump is not None else None
     best: dict[str, TapResult] = {}
-    windows, timings = [], {"candidate_s": 0.0, "reference_s": 0.0, "metrics_s": 0.0}
-    kept: dict[str, dict[str, list]] = {"candidate": {}, "reference": {}, "reference64": {}}
     errors: dict[str, np.ndarray] = {}
+    windows = []
+    outputs = {s.name: s.output for s in walk}
     for index in range(len(mel)):
-        window = mel[index:index + 1]
-        start = time.perf_counter()
-        cand = candidate.run(window)
-        cand_local = candidate.run_isolated(window, references.stage_inputs(window)) if isolate else None
-        recomputed = candidate.run_isolated(window, _own_inputs(candidate, cand)) if consistency else None
-        timings["candidate_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        truth, floor = references.chained(window)
-        floor_local = references.isolated_floor(window) if isolate else None
-        timings["reference_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        rows = []
-        for tap in taps:
-            budget = budget_for(tap.name, dtype)
-            stats = (compare(cand[tap.name], truth[tap.name], floor[tap.name]) if tap.name in cand
-                     else not_run(truth[tap.name].shape))
-            local = compare(cand_local[tap.name], truth[tap.name], floor_local[tap.name]) if isolate else None
-            ratio = _consistency(recomputed, cand, tap.name, stats) if consistency else None
-            rows.append(TapResult(tap.name, tap.stage, stats, budget, judge(stats, budget), index,
-                                  local, judge(local, budget) if local else None,
-                                  ratio, judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None))
-        if consistency:
-            rows = blame_bad_inputs(rows, {s: stage_input(candidate.dims, s) for s in stage_names(candidate.dims)})
-        timings["metrics_s"] += time.perf_counter() - start
+        walker = _Window(candidate, references, plan, taps, timings, dump, index)
+        own_mel = None
+        if front:
+            own_mel = cand_mel[index:index + 1] if index < len(cand_mel) else None
+            walker.front_end(own_mel, truth_mel[index:index + 1], mel[index:index + 1])
+        rows = walker.walk(mel[index:index + 1], own_mel)
+        windows.append({"index": index, "first_divergence": first_divergence(rows, plan.isolate, outputs),
+                        "ln_post": _summary(rows, "encoder.ln_post")})
         for row in rows:
             if row.name not in best or _worse(row.stats, best[row.name].stats):
                 best[row.name] = row
-                if keep_errors and row.stats.ran and row.stats.shape_ok:
-                    errors[row.name] = np.abs(cand[row.name][0] - truth[row.name][0]).astype(np.float32)
-        windows.append({"index": index, "first_divergence": first_divergence(rows, local=isolate),
-                        "ln_post": _summary(rows, "encoder.ln_post")})
-        if keep_arrays:
-            for side, source in (("candidate", cand), ("reference", floor), ("reference64", truth)):
-                for tap in taps:
-                    kept[side].setdefault(tap.name, []).append(source[tap.name])
+                if row.name in walker.errors:
+                    errors[row.name] = walker.errors[row.name]
         log.info("window %d/%d compared", index + 1, len(mel))
-    arrays = {side: {name: np.concatenate(parts) for name, parts in by_tap.items()}
-              for side, by_tap in kept.items()} if keep_arrays else {}
-    return Comparison([best[t.name] for t in taps], windows, isolate, timings, arrays, errors)
+    if dump is not None:
+        dump.close()
+    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors,
+                      candidate.describe())
 
 
-def _own_inputs(candidate: MaxRunner, captured: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    dims = candidate.dims
-    names = {s: stage_input(dims, s) for s in stage_names(dims) if s != "conv_stem"}
-    return {s: captured[name] for s, name in names.items() if name in captured}
+def _call(candidate: Candidate, action: str, fn, *args):
+    """Call into the candidate; what it raises (other than a refusal) is its crash."""
+    try:
+        return fn(*args)
+    except FidelityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's code is reported as its crash
+        raise CandidateCrash(f"candidate {candidate.name} crashed in {action}") from exc
 
 
-def _consistency(recomputed: dict, captured: dict, name: str, stats: TapStats) -> float | None:
+class _Window:
+    """One window's walk through the stages: run, judge, drop."""
+
+    def __init__(self, candidate: Candidate, references: References, plan: Plan, taps, timings: dict,
+                 dump: DumpWriter | None, index: int):
+        self.candidate, self.refs, self.plan, self.timings, self.dump, self.index = (
+            candidate, references, plan, timings, dump, index)
+        self.wanted = {t.name for t in taps}
+        self.taps = taps
+        self.patchable = set(candidate.patchable_taps()) if plan.isolate else set()
+        self.front = candidate.has_front_end
+        self.rows: list[TapResult] = []
+        self.errors: Arrays = {}
+
+    def front_end(self, own: np.ndarray | None, truth: np.ndarray, reference_mel: np.ndarray) -> None:
+        stage = front_end_stage(self.refs.dims)
+        cand = {FRONT_END_TAP: own} if own is not None else {}
+        sides = {"truth": {FRONT_END_TAP: truth}, "floor": {FRONT_END_TAP: reference_mel}}
+        self._judge(stage, cand, sides, cand if self.plan.isolate else None, sides["floor"], None)
+
+    def walk(self, mel: np.ndarray, own_mel: np.ndarray | None) -> list[TapResult]:
+        if self.front and own_mel is not None and own_mel.shape != mel.shape:
+            log.warning("the candidate's front end made a mel of shape %s, the encoder reads %s: its chain stops "
+                        "there (isolation still runs it on openai-whisper's mel)", own_mel.shape[1:], mel.shape[1:])
+        cand_mel = own_mel if self.front else mel
+        if cand_mel is not None and cand_mel.shape != mel.shape:
+            cand_mel = None  # a front end that broke the chain: later taps are not run
+        key = hash(mel.tobytes())
+        staged = self.candidate.runs_by_stage
+        whole = None if staged else self._whole_runs(mel, cand_mel, key)
+        truth_x = floor_x = floor_local_x = mel
+        cand_x, cand_local_x = cand_mel, mel  # isolation: the conv stem reads openai-whisper's mel
+        for stage in stages(self.refs.dims):
+            need = (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
+            start = time.perf_counter()
+            truth = self.refs.run_stage("truth", stage, truth_x, need, (key, "chained"))
+            floor = self.refs.run_stage("floor", stage, floor_x, need, (key, "chained"))
+            floor_local = None
+            if self.plan.isolate:
+                inner = {p: truth[p] for p in stage.tap_names if p in self.patchable and p != stage.output}
+                floor_local = self.refs.run_stage("floor", stage, floor_local_x, need,
+                                                  (key, "local", stage.input in self.patchable), inner)
+            self.timings["reference_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            if staged:
+                cand = self._stage(stage, cand_x, need, "run_stage")
+                cand_local = self._stage(stage, cand_local_x, need, "run_stage (isolated)") \
+                    if self.plan.isolate else None
+                recomputed = self._stage(stage, cand_x, need, "run_stage (recompute)") \
+                    if self.plan.consistency and cand_x is not None else None
+            else:
+                cand, cand_local, recomputed = (_take(part, stage) if part is not None else None for part in whole)
+            self.timings["candidate_s"] += time.perf_counter() - start
+            self._judge(stage, cand or {}, {"truth": truth, "floor": floor}, cand_local, floor_local, recomputed)
+            truth_x, floor_x = truth[stage.output], floor[stage.output]
+            cand_x = (cand or {}).get(stage.output)
+            if self.plan.isolate:
+                patched = stage.output in self.patchable
+                floor_local_x = truth[stage.output] if patched else floor_local[stage.output]
+                cand_local_x = truth[stage.output] if patched else (cand_local or {}).get(stage.output)
+        if self.plan.consistency:
+            self.rows = blame_bad_inputs(self.rows, {s.name: s.input for s in stages(self.refs.dims)})
+        return self.rows
+
+    def _stage(self, stage: Stage, x: np.ndarray | None, need: set[str], action: str) -> Arrays | None:
+        """A stage run of a stage-running candidate; None when its chain broke before (no input)."""
+        if x is None:
+            return None
+        if stage.input is not None and tuple(x.shape[1:]) != (self.refs.dims.n_audio_ctx, self.refs.dims.n_audio_state):
+            log.warning("chain stops before %s: it needs frames x width %s, the candidate made %s", stage.name,
+                        (self.refs.dims.n_audio_ctx, self.refs.dims.n_audio_state), tuple(x.shape[1:]))
+            return None
+        return _call(self.candidate, action, self.candidate.run_stage, stage, x, sorted(need))
+
+    def _whole_runs(self, mel: np.ndarray, cand_mel: np.ndarray, key) -> tuple:
+        """(chained, isolated, recomputed) tap dicts of a candidate that runs only as a whole."""
+        names = sorted(self.wanted | self.patchable | {s.output for s in stages(self.refs.dims)})
+        start = time.perf_counter()
+        chained = _call(self.candidate, "run", self.candidate.run, cand_mel, names) if cand_mel is not None else {}
+        local = recomputed = None
+        if self.plan.isolate:
+            self.timings["candidate_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            truth = self.refs.truth.run(mel, sorted(self.patchable))  # the float64 value of each patched tap
+            self.timings["reference_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            local = _call(self.candidate, "run_patched", self.candidate.run_patched, mel, truth, names)
+        if self.plan.consistency and cand_mel is not None:
+            patchable = set(self.candidate.patchable_taps())
+            own = {k: v for k, v in chained.items() if k in patchable}
+            recomputed = _call(self.candidate, "run_patched", self.candidate.run_patched, cand_mel, own, names)
+        self.timings["candidate_s"] += time.perf_counter() - start
+        return chained, local, recomputed
+
+    def _judge(self, stage: Stage, cand: Arrays, sides: dict[str, Arrays], cand_local: Arrays | None,
+               floor_local: Arrays | None, recomputed: Arrays | None) -> None:
+        start = time.perf_counter()
+        truth, floor = sides["truth"], sides["floor"]
+        dtype = self.candidate.dtype
+        for tap in stage.taps:
+            if tap.name not in self.wanted:
+                continue
+            name = tap.name
+            budget = budget_for(name, dtype)
+            stats = compare(cand[name], truth[name], floor[name]) if name in cand else not_run(truth[name].shape)
+            local = None
+            if cand_local is not None and floor_local is not None:
+                local = (compare(cand_local[name], truth[name], floor_local[name]) if name in cand_local
+                         else not_run(truth[name].shape))
+            ratio = _consistency(recomputed, cand, name, stats) if recomputed is not None else None
+            self.rows.append(TapResult(name, stage.name, stats, budget, judge(stats, budget), self.index,
+                                       local, judge(local, budget) if local else None, ratio,
+                                       judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None))
+            if self.plan.keep_errors and stats.ran and stats.shape_ok:
+                self.errors[name] = np.abs(cand[name][0] - truth[name][0]).astype(np.float32)
+            if self.dump is not None:
+                self.dump.write(self.index, name, {"candidate": cand.get(name), "reference": floor[name],
+                                                   "reference64": truth[name]})
+        self.timings["metrics_s"] += time.perf_counter() - start
+
+
+def _take(arrays: Arrays, stage: Stage) -> Arrays:
+    """A stage's taps, removed from a whole run's results (so they are freed once judged)."""
+    return {name: arrays.pop(name) for name in stage.tap_names if name in arrays}
+
+
+def _consistency(recomputed: Arrays, captured: Arrays, name: str, stats: TapStats) -> float | None:
     """RMS gap between a captured tap and its recomputation, in units of the tap's noise floor."""
-    if name not in recomputed or name not in captured:
+    if name not in recomputed or name not in captured or recomputed[name].shape != captured[name].shape:
         return None
     gap = rmse_between(recomputed[name], captured[name])
     floor = stats.noise_floor if math.isfinite(stats.noise_floor) and stats.noise_floor > 0 else 0.0
@@ -168,7 +329,7 @@ def _consistency(recomputed: dict, captured: dict, name: str, stats: TapStats) -
 
 def _worse(a: TapStats, b: TapStats) -> bool:
     def badness(s: TapStats) -> float:
-        if not s.shape_ok or not s.finite or math.isnan(s.noise_floor_ratio):
+        if not s.ran or not s.shape_ok or not s.finite or math.isnan(s.noise_floor_ratio):
             return math.inf
         return s.noise_floor_ratio
     return badness(a) > badness(b)
@@ -180,3 +341,8 @@ def _summary(rows: list[TapResult], name: str) -> dict | None:
             return {"cosine": row.stats.as_dict()["cosine"], "rel_l2": row.stats.as_dict()["rel_l2"],
                     "verdict": row.verdict}
     return None
+
+
+def plan_for(taps: Sequence[str], **kwargs) -> Plan:
+    """A `Plan` from tap names (or `Tap`s) and the flags."""
+    return Plan(tuple(t if isinstance(t, str) else t.name for t in taps), **kwargs)

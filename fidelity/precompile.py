@@ -16,10 +16,10 @@ import sys
 import time
 
 from . import checkpoints
+from .candidates.max_builtin.graph_ops import DTYPES, FLASH_DTYPES, Numerics
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
-from .runners.max_stages import DTYPES, FLASH_DTYPES, Numerics
-from .taps import encoder_taps
+from .taps import encoder_taps, stages
 
 log = logging.getLogger("fidelity.precompile")
 
@@ -57,26 +57,29 @@ def _precompile(args: argparse.Namespace) -> int:
     driver.set_virtual_device_target_arch(args.arch)
     driver.set_virtual_device_count(1)
     # Imported after the virtual device is set, so every session targets it.
-    from .runners.max_encoder import compile_encoder
-    from .runners.max_graph import STAGE_KINDS, CandidateConfig, CompiledStage, mef_dir
+    from .candidates.base import CandidateConfig
+    from .candidates.max_builtin.stage_graphs import CompiledStage, MaxOptions
+    from .candidates.max_builtin.whole_graph import compile_encoder
+    from .candidates.max_engine import mef_dir
 
     dims = checkpoints.load_checkpoint(args.model).dims
     all_taps = tuple(t.name for t in encoder_taps(dims) if not t.optional)
+    kinds = list({s.kind: s for s in reversed(stages(dims))}.values())  # one stage of each kind
+    plain, flash = MaxOptions(), MaxOptions(numerics=Numerics(attention="flash"))
     started = time.perf_counter()
     for dtype in dtypes:
         config = CandidateConfig(device="gpu", dtype=dtype)
         if "stages" in what:
-            for kind in STAGE_KINDS:
-                CompiledStage(dims, kind, config)
+            for stage in kinds:
+                CompiledStage(dims, stage, config, plain)
         if "encoder" in what:
-            compile_encoder(dims, config, ("encoder.ln_post",))
+            compile_encoder(dims, config, plain, ("encoder.ln_post",))
         if "fused" in what:
-            compile_encoder(dims, config, all_taps)
+            compile_encoder(dims, config, plain, all_taps)
         if "flash" in what and dtype in FLASH_DTYPES:
-            flash = CandidateConfig(device="gpu", dtype=dtype, numerics=Numerics(attention="flash"))
-            compile_encoder(dims, flash, ("encoder.ln_post",))
+            compile_encoder(dims, config, flash, ("encoder.ln_post",))
             if "stages" in what:
-                CompiledStage(dims, "attn", flash)
+                CompiledStage(dims, next(s for s in kinds if s.kind == "attn"), config, flash)
         log.info("%s done (%.0f s so far)", dtype, time.perf_counter() - started)
     log.info("MEFs for %s %s are in %s", args.api, args.arch, mef_dir())
     return EXIT_OK

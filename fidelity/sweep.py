@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from . import audio, checkpoints
+from .candidates.base import CandidateConfig
+from .candidates.max_builtin import DTYPES, BuiltinCandidate
 from .cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .devices import DEVICES
 from .errors import FidelityError
 from .metrics import compare
 from .report.files import atomic_dir, ensure_replaceable
-from .runners.max_graph import CandidateConfig
-from .runners.max_runner import MaxRunner
-from .runners.max_stages import DTYPES
 from .runners.torch_ref import TorchRunner
 from .taps import select_taps
 
@@ -38,7 +37,7 @@ def sweep(checkpoint, mel: np.ndarray, taps: list[str], device: str, dtypes: lis
     runs: dict[str, dict] = {}
     for dtype in dtypes:
         log.info("sweep: %s", dtype)
-        runs[f"max/{dtype}"] = MaxRunner(checkpoint, CandidateConfig(device=device, dtype=dtype)).run(mel)
+        runs[f"max/{dtype}"] = BuiltinCandidate(checkpoint, CandidateConfig(device=device, dtype=dtype)).run(mel, taps)
         runs[f"torch/{dtype}"] = TorchRunner(checkpoint, dtype, device).run(mel, taps)
         if dtype == "float32" and device == "gpu":
             runs["torch/tf32"] = TorchRunner(checkpoint, dtype, device, tf32=True).run(mel, taps)

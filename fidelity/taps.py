@@ -1,12 +1,15 @@
-"""The tap points of the encoder: one declarative list shared by both runners.
+"""The tap points and stages of the encoder: the one definition every runner reads.
 
 Names follow openai-whisper's module paths (`encoder.blocks.2.attn.query`); points
 with no module of their own take TransformerLens-style names (`resid_mid`,
 `resid_post`). Everything is derived from the model's dimensions.
 
-Stages are the units isolation runs on their own: `conv_stem`, `blocks.{i}.attn`,
-`blocks.{i}.mlp` and `ln_post`. Each stage's last tap is its output, which is the
-next stage's input.
+A `Stage` is a unit isolation runs on its own: the conv stem, each block's
+attention and MLP sub-blocks, `ln_post`, and (for a candidate with its own front
+end) `front_end`. Its last tap is its output, which is the next stage's input.
+Each tap also says where openai-whisper computes it (`hook`, relative to the
+stage's module), and its stage-relative name (`local`) is what the built-in MAX
+graph emits, so a tap is spelled once, here.
 """
 
 from __future__ import annotations
@@ -15,10 +18,23 @@ import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from whisper.model import ModelDimensions
 
 from .errors import FidelityError
+
+FRONT_END_TAP = "frontend.mel"
+FRONT_END = "front_end"
+CONV_STEM = "conv_stem"
+LN_POST = "ln_post"
+ENCODER_OUTPUT = "encoder.ln_post"
+
+# Where openai-whisper computes a tap, relative to its stage's module: (submodule path,
+# what to capture). "output"/"input": the submodule's output/first input; "softmax": the
+# softmax of MultiHeadAttention's logits; "call": computed in the stage function itself
+# (the conv stem restates `AudioEncoder.forward`); None: the stage's output.
+Hook = tuple[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -30,61 +46,129 @@ class Tap:
     shape: tuple[int, ...]
     description: str
     optional: bool = False  # large taps captured only when asked for by name
+    hook: Hook = None
+    local: str = ""         # the name inside its stage (block-relative in a block)
 
 
-def stage_names(dims: ModelDimensions) -> list[str]:
-    """Stages in execution order."""
-    blocks = [f"blocks.{i}.{part}" for i in range(dims.n_audio_layer) for part in ("attn", "mlp")]
-    return ["conv_stem", *blocks, "ln_post"]
+@dataclass(frozen=True)
+class Stage:
+    """A span of the encoder run on its own: its taps in order, the tap it reads, its block."""
+
+    name: str
+    kind: str                 # front_end, conv_stem, attn, mlp, ln_post
+    block: int | None
+    taps: tuple[Tap, ...]
+    input: str | None         # the tap it reads; None: the mel (conv stem) or the audio (front end)
+
+    @property
+    def output(self) -> str:
+        return self.taps[-1].name
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [t.name for t in self.taps]
+
+    @property
+    def prefix(self) -> str:
+        """What a local name is prefixed with: `encoder.blocks.2.` in a block, else nothing."""
+        return f"encoder.blocks.{self.block}." if self.block is not None else ""
+
+    def full_name(self, local: str) -> str:
+        """A stage-relative name as a tap name, checked against the stage's taps."""
+        name = self.prefix + local
+        if name not in {t.name for t in self.taps}:
+            raise FidelityError(f"{local!r} is not a tap of stage {self.name}")
+        return name
+
+
+# (local name, stage part, shape(ctx, width, heads), description, hook, optional)
+_Row = tuple[str, str, Callable[[int, int, int], tuple[int, ...]], str, Hook, bool]
+_CONV_STEM: list[_Row] = [
+    ("encoder.conv1", CONV_STEM, lambda c, w, h: (w, 2 * c), "conv1 output, channels x frames", ("", "call"), False),
+    ("encoder.conv1.gelu", CONV_STEM, lambda c, w, h: (w, 2 * c), "GELU of conv1", ("", "call"), False),
+    ("encoder.conv2", CONV_STEM, lambda c, w, h: (w, c), "conv2 output (stride 2)", ("", "call"), False),
+    ("encoder.conv2.gelu", CONV_STEM, lambda c, w, h: (w, c), "GELU of conv2", ("", "call"), False),
+    ("encoder.positional_embedding", CONV_STEM, lambda c, w, h: (c, w),
+     "frames x width after adding the positional embedding (block 0 input)", None, False),
+]
+_BLOCK: list[_Row] = [
+    ("attn_ln", "attn", lambda c, w, h: (c, w), "layer norm before attention", ("attn_ln", "output"), False),
+    ("attn.query", "attn", lambda c, w, h: (c, w), "query projection (before scaling)",
+     ("attn.query", "output"), False),
+    ("attn.key", "attn", lambda c, w, h: (c, w), "key projection (no bias)", ("attn.key", "output"), False),
+    ("attn.value", "attn", lambda c, w, h: (c, w), "value projection", ("attn.value", "output"), False),
+    ("attn.weights", "attn", lambda c, w, h: (h, c, c), "softmax attention weights", ("attn", "softmax"), True),
+    ("attn.wv", "attn", lambda c, w, h: (c, w), "attention output before the out projection",
+     ("attn.out", "input"), False),
+    ("attn.out", "attn", lambda c, w, h: (c, w), "out projection", ("attn.out", "output"), False),
+    ("resid_mid", "attn", lambda c, w, h: (c, w), "residual stream after attention", None, False),
+    ("mlp_ln", "mlp", lambda c, w, h: (c, w), "layer norm before the MLP", ("mlp_ln", "output"), False),
+    ("mlp.0", "mlp", lambda c, w, h: (c, 4 * w), "fc1", ("mlp.0", "output"), False),
+    ("mlp.1", "mlp", lambda c, w, h: (c, 4 * w), "GELU", ("mlp.1", "output"), False),
+    ("mlp.2", "mlp", lambda c, w, h: (c, w), "fc2", ("mlp.2", "output"), False),
+    ("resid_post", "mlp", lambda c, w, h: (c, w), "residual stream after the MLP (block output)", None, False),
+]
+_LN_POST: list[_Row] = [
+    (ENCODER_OUTPUT, LN_POST, lambda c, w, h: (c, w), "final layer norm (encoder output)", None, False),
+]
+
+
+def front_end_stage(dims: ModelDimensions) -> Stage:
+    """The stage of a candidate's own audio -> log-mel (compared with openai-whisper's)."""
+    tap = Tap(FRONT_END_TAP, FRONT_END, (dims.n_mels, 2 * dims.n_audio_ctx),
+              "log-mel from the candidate's own front end (padding to 30 s included)", local=FRONT_END_TAP)
+    return Stage(FRONT_END, FRONT_END, None, (tap,), None)
+
+
+def stages(dims: ModelDimensions, front_end: bool = False) -> list[Stage]:
+    """Stages in execution order (with `front_end`, the candidate's own front end first)."""
+    ctx, width, heads = dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head
+
+    def taps(rows: list[_Row], part: str, stage: str, prefix: str) -> tuple[Tap, ...]:
+        return tuple(Tap(prefix + local, stage, shape(ctx, width, heads), desc, optional, hook, local)
+                     for local, row_part, shape, desc, hook, optional in rows if row_part == part)
+
+    out = [front_end_stage(dims)] if front_end else []
+    out.append(Stage(CONV_STEM, CONV_STEM, None, taps(_CONV_STEM, CONV_STEM, CONV_STEM, ""), None))
+    for i in range(dims.n_audio_layer):
+        for part in ("attn", "mlp"):
+            name = f"blocks.{i}.{part}"
+            out.append(Stage(name, part, i, taps(_BLOCK, part, name, f"encoder.blocks.{i}."), out[-1].output))
+    out.append(Stage(LN_POST, LN_POST, None, taps(_LN_POST, LN_POST, LN_POST, ""), out[-1].output))
+    return out
+
+
+def stage_of(dims: ModelDimensions, tap: str) -> Stage:
+    """The stage a tap belongs to."""
+    for stage in stages(dims, front_end=tap == FRONT_END_TAP):
+        if tap in stage.tap_names:
+            return stage
+    raise FidelityError(f"unknown tap {tap!r}; try --list-taps")
 
 
 def encoder_taps(dims: ModelDimensions) -> list[Tap]:
     """Every tap of `AudioEncoder` for these dimensions, in execution order."""
-    ctx, width, heads = dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head
-    taps = [
-        Tap("encoder.conv1", "conv_stem", (width, 2 * ctx), "conv1 output, channels x frames"),
-        Tap("encoder.conv1.gelu", "conv_stem", (width, 2 * ctx), "GELU of conv1"),
-        Tap("encoder.conv2", "conv_stem", (width, ctx), "conv2 output (stride 2)"),
-        Tap("encoder.conv2.gelu", "conv_stem", (width, ctx), "GELU of conv2"),
-        Tap("encoder.positional_embedding", "conv_stem", (ctx, width),
-            "frames x width after adding the positional embedding (block 0 input)"),
-    ]
-    for i in range(dims.n_audio_layer):
-        block, attn, mlp = f"encoder.blocks.{i}", f"blocks.{i}.attn", f"blocks.{i}.mlp"
-        taps += [
-            Tap(f"{block}.attn_ln", attn, (ctx, width), "layer norm before attention"),
-            Tap(f"{block}.attn.query", attn, (ctx, width), "query projection (before scaling)"),
-            Tap(f"{block}.attn.key", attn, (ctx, width), "key projection (no bias)"),
-            Tap(f"{block}.attn.value", attn, (ctx, width), "value projection"),
-            Tap(f"{block}.attn.weights", attn, (heads, ctx, ctx), "softmax attention weights", optional=True),
-            Tap(f"{block}.attn.wv", attn, (ctx, width), "attention output before the out projection"),
-            Tap(f"{block}.attn.out", attn, (ctx, width), "out projection"),
-            Tap(f"{block}.resid_mid", attn, (ctx, width), "residual stream after attention"),
-            Tap(f"{block}.mlp_ln", mlp, (ctx, width), "layer norm before the MLP"),
-            Tap(f"{block}.mlp.0", mlp, (ctx, 4 * width), "fc1"),
-            Tap(f"{block}.mlp.1", mlp, (ctx, 4 * width), "GELU"),
-            Tap(f"{block}.mlp.2", mlp, (ctx, width), "fc2"),
-            Tap(f"{block}.resid_post", mlp, (ctx, width), "residual stream after the MLP (block output)"),
-        ]
-    taps.append(Tap("encoder.ln_post", "ln_post", (ctx, width), "final layer norm (encoder output)"))
-    return taps
+    return [tap for stage in stages(dims) for tap in stage.taps]
+
+
+def stage_names(dims: ModelDimensions) -> list[str]:
+    """Stages in execution order."""
+    return [stage.name for stage in stages(dims)]
 
 
 def stage_output(dims: ModelDimensions, stage: str) -> str:
     """The tap that is a stage's output (and the next stage's input)."""
-    return [tap.name for tap in encoder_taps(dims) if tap.stage == stage][-1]
+    return next(s.output for s in stages(dims) if s.name == stage)
 
 
 def stage_outputs(dims: ModelDimensions) -> list[str]:
     """The taps between stages: the residual stream after each stage, and ln_post."""
-    return [stage_output(dims, stage) for stage in stage_names(dims)]
+    return [stage.output for stage in stages(dims)]
 
 
 def stage_input(dims: ModelDimensions, stage: str) -> str | None:
     """The tap a stage reads, or None for the conv stem (which reads the mel)."""
-    stages = stage_names(dims)
-    index = stages.index(stage)
-    return None if index == 0 else stage_output(dims, stages[index - 1])
+    return next(s.input for s in stages(dims) if s.name == stage)
 
 
 def _long_forms(part: str) -> list[str]:

@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 
 Encode = Callable[[np.ndarray], np.ndarray]  # mel (batch, n_mels, frames) float32 -> features (batch, ctx, width)
 
-ENCODER_OUTPUT = "encoder.ln_post"
-
-
 def memoized(encode: Encode) -> Encode:
     """`encode` that remembers its output per distinct mel (transcription and teacher forcing share windows)."""
     cache: dict[bytes, np.ndarray] = {}
@@ -63,8 +60,7 @@ def memoized(encode: Encode) -> Encode:
 
 def torch_encoder(checkpoint: Checkpoint, dtype: str, device: str) -> Encode:
     """openai-whisper's `AudioEncoder` in `dtype` on `device` (TF32 off), as an encode function."""
-    runner = TorchRunner(checkpoint, dtype, device, tf32=False)
-    return lambda mel: runner.run(mel, [ENCODER_OUTPUT])[ENCODER_OUTPUT]
+    return TorchRunner(checkpoint, dtype, device, tf32=False).encode
 
 
 @dataclass

@@ -55,11 +55,37 @@ class TapResult:
         return row
 
 
-def first_divergence(rows: list[TapResult], local: bool = False) -> str | None:
-    """The first tap (in execution order) whose verdict fails; `local` uses isolated verdicts."""
+def _verdict(row: TapResult, local: bool) -> str | None:
+    return row.local_verdict if local else row.verdict
+
+
+def internal_differences(rows: list[TapResult], outputs: dict[str, str], local: bool = False) -> list[dict]:
+    """Stages whose output (`outputs`: stage -> its output tap) is within budget while internal taps are not.
+
+    Stage boundaries are the contract: an internal tap may differ for a sound reason (heads
+    relabelled consistently, another layout), so such a stage is a warning naming the taps,
+    not a divergence."""
+    by_name = {row.name: row for row in rows}
+    found = []
+    for stage, output in outputs.items():
+        if output not in by_name or _verdict(by_name[output], local) != OK:
+            continue
+        taps = [row.name for row in rows if row.stage == stage and row.name != output
+                and _verdict(row, local) not in (None, OK)]
+        if taps:
+            found.append({"stage": stage, "output": output, "taps": taps})
+    return found
+
+
+def first_divergence(rows: list[TapResult], local: bool = False, outputs: dict[str, str] | None = None) -> str | None:
+    """The first tap (in execution order) whose verdict fails; `local` uses isolated verdicts.
+
+    With `outputs` (stage -> output tap), taps of a stage whose output is within budget are
+    internal differences, not divergences."""
+    excused = {tap for found in internal_differences(rows, outputs or {}, local) for tap in found["taps"]}
     for row in rows:
-        verdict = row.local_verdict if local else row.verdict
-        if verdict is not None and verdict != OK:
+        verdict = _verdict(row, local)
+        if verdict is not None and verdict != OK and row.name not in excused:
             return row.name
     return None
 

@@ -9,9 +9,9 @@ import argparse
 import numpy as np
 
 from fidelity import audio, checkpoints
-from fidelity.runners.max_encoder import MaxEncoder
-from fidelity.runners.max_graph import CandidateConfig
-from fidelity.runners.max_stages import Numerics
+from fidelity.candidates.base import CandidateConfig
+from fidelity.candidates.max_builtin import MaxOptions, Numerics
+from fidelity.candidates.max_builtin.whole_graph import WholeEncoder
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--dtype", default="bfloat16")
@@ -21,8 +21,8 @@ parser.add_argument("--runs", type=int, default=2)
 args = parser.parse_args()
 checkpoint = checkpoints.load_checkpoint("tiny.en")
 mel = audio.mel_windows(audio.load_audio(audio.DEFAULT_CLIP), checkpoint.dims.n_mels)[:1]
-encoder = MaxEncoder(checkpoint, CandidateConfig(device="gpu", dtype=args.dtype,
-                                                  numerics=Numerics(attention=args.attention)))
+encoder = WholeEncoder(checkpoint, CandidateConfig(device="gpu", dtype=args.dtype),
+                       MaxOptions(numerics=Numerics(attention=args.attention)))
 x = encoder.to_device(np.repeat(mel, args.batch, axis=0))
 for _ in range(args.runs):
     out = encoder.execute(x)

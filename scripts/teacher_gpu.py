@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from fidelity import audio, checkpoints
+from fidelity.candidates.base import CandidateConfig
+from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions, Numerics
 from fidelity.devices import torch_device
 from fidelity.e2e import transcribe_with
-from fidelity.runners.max_graph import CandidateConfig
-from fidelity.runners.max_runner import MaxRunner
-from fidelity.runners.max_stages import Numerics
 from fidelity.runners.torch_ref import TORCH_DTYPES
 from fidelity.teacher import memoized, reference_windows, teacher_forced, torch_encoder
 
@@ -62,14 +61,14 @@ def main() -> None:
     float64 = memoized(torch_encoder(checkpoint, "float64", "cpu"))
     floor = memoized(torch_encoder(checkpoint, args.dtype, args.device))
     candidates = {
-        "max_staged": lambda: MaxRunner(checkpoint, CandidateConfig(device=args.device, dtype=args.dtype)).encode,
+        "max_staged": lambda: BuiltinCandidate(checkpoint, CandidateConfig(args.device, args.dtype)).encode,
         "openai_whisper_sdpa": lambda: whisper_own_encoder(model, args.dtype),
         "openai_whisper_float32": lambda: torch_encoder(checkpoint, "float32", args.device),
         "openai_whisper_float16": lambda: torch_encoder(checkpoint, "float16", args.device),
     }
     if args.flash:
-        candidates["max_flash"] = lambda: MaxRunner(checkpoint, CandidateConfig(
-            device=args.device, dtype=args.dtype, numerics=Numerics(attention="flash"))).encode
+        candidates["max_flash"] = lambda: BuiltinCandidate(checkpoint, CandidateConfig(args.device, args.dtype),
+                                                           MaxOptions(numerics=Numerics(attention="flash"))).encode
     summary = {"audio": str(args.audio), "dtype": args.dtype, "device": args.device,
                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                "reference_text": reference.text, "windows": len(windows), "encoders": {}}

@@ -7,13 +7,11 @@ import pytest
 from max.driver import accelerator_count
 
 from fidelity.bench import main as bench_main
+from fidelity.candidates.base import CandidateConfig
+from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions, Numerics
 from fidelity.compare import main as compare_main
 from fidelity.errors import FidelityError
-from fidelity.pipeline import References, compare_candidate
-from fidelity.runners.max_encoder import FusedCaptureRunner
-from fidelity.runners.max_graph import CandidateConfig
-from fidelity.runners.max_runner import MaxRunner
-from fidelity.runners.max_stages import Numerics
+from fidelity.pipeline import Plan, References, compare_candidate
 from fidelity.sweep import main as sweep_main
 from fidelity.taps import select_taps
 from fidelity.verdicts import capture_problems
@@ -21,9 +19,13 @@ from fidelity.verdicts import capture_problems
 NO_GPU = accelerator_count() == 0
 
 
+def _plan(dims, **kwargs):
+    return Plan(tuple(t.name for t in select_taps(dims, "all")), **kwargs)
+
+
 def test_bfloat16_candidate_is_judged_against_the_bfloat16_floor(small, small_mel):
-    candidate = MaxRunner(small, CandidateConfig(dtype="bfloat16"))
-    result = compare_candidate(candidate, References(small, "bfloat16"), small_mel, select_taps(small.dims, "all"))
+    candidate = BuiltinCandidate(small, CandidateConfig(dtype="bfloat16"))
+    result = compare_candidate(candidate, References(small, "bfloat16"), small_mel, _plan(small.dims))
     post = result.row("encoder.ln_post").stats
     assert 1e-4 < post.rel_l2 < 5e-2            # bfloat16 rounding, not float32's
     assert post.noise_floor > 1e-4              # the floor is torch in bfloat16, not float32
@@ -43,7 +45,7 @@ def test_gpu_requests_on_a_cpu_machine_fail_clearly(capsys, tmp_path):
 
 def test_flash_attention_is_gpu_only(small):
     with pytest.raises(FidelityError, match="flash attention runs on the GPU only"):
-        MaxRunner(small, CandidateConfig(dtype="bfloat16", numerics=Numerics(attention="flash")))
+        BuiltinCandidate(small, CandidateConfig(dtype="bfloat16"), MaxOptions(numerics=Numerics(attention="flash")))
 
 
 def test_flash_attention_in_float16_is_refused_before_compiling(capsys, tmp_path):
@@ -63,41 +65,49 @@ def test_flash_attention_cannot_give_attention_weights(capsys):
 
 @pytest.mark.skipif(NO_GPU, reason="needs a GPU that MAX can use; CI has none")
 def test_gpu_bfloat16_candidate(small, small_mel):
-    candidate = MaxRunner(small, CandidateConfig(device="gpu", dtype="bfloat16"))
+    candidate = BuiltinCandidate(small, CandidateConfig(device="gpu", dtype="bfloat16"))
     result = compare_candidate(candidate, References(small, "bfloat16", "gpu"), small_mel,
-                               select_taps(small.dims, "all"), consistency=True)
+                               _plan(small.dims, consistency=True))
     assert all(r.consistency_verdict == "ok" for r in result.rows)
 
 
 def test_fused_capture_agrees_with_its_stages_on_cpu(small, small_mel):
-    candidate = FusedCaptureRunner(small, CandidateConfig())
-    result = compare_candidate(candidate, References(small), small_mel, select_taps(small.dims, "all"),
-                               consistency=True)
+    candidate = BuiltinCandidate(small, CandidateConfig(), MaxOptions(capture="fused"))
+    assert not candidate.runs_by_stage
+    result = compare_candidate(candidate, References(small), small_mel, _plan(small.dims, consistency=True))
     assert all(r.verdict == "ok" and r.consistency_verdict == "ok" for r in result.rows)
 
 
-class _CorruptCapture(MaxRunner):
+class _WholeRun(BuiltinCandidate):
+    """The built-in candidate seen as a tracer that captures a whole run at once."""
+
+    @property
+    def runs_by_stage(self) -> bool:
+        return False
+
+
+class _CorruptCapture(_WholeRun):
     """A tracer that records one tap wrongly (as the bfloat16 whole-graph capture on an H100 did)."""
 
-    def run(self, mel):
-        taps = super().run(mel)
+    def run(self, mel, names):
+        taps = super().run(mel, names)
         taps["encoder.blocks.0.mlp.1"] = taps["encoder.blocks.0.mlp.1"] * 1.01
         return taps
 
 
 def test_consistency_check_names_a_bad_capture(small, small_mel):
     result = compare_candidate(_CorruptCapture(small, CandidateConfig()), References(small), small_mel,
-                               select_taps(small.dims, "all"), consistency=True)
+                               _plan(small.dims, consistency=True))
     assert capture_problems(result.rows) == ["encoder.blocks.0.mlp.1"]
     assert result.row("encoder.blocks.0.mlp.1").verdict == "diverged"   # numerically it looks wrong too
     assert result.row("encoder.blocks.0.mlp.2").verdict == "ok"         # but its consumer is fine
 
 
-class _CorruptStageOutput(MaxRunner):
+class _CorruptStageOutput(_WholeRun):
     """A tracer that records the attention sub-block's output (the MLP's input) with noise."""
 
-    def run(self, mel):
-        taps = super().run(mel)
+    def run(self, mel, names):
+        taps = super().run(mel, names)
         mid = taps["encoder.blocks.0.resid_mid"]
         noise = np.random.default_rng(0).standard_normal(mid.shape).astype(mid.dtype)
         taps["encoder.blocks.0.resid_mid"] = mid + 0.01 * mid.std() * noise
@@ -106,7 +116,7 @@ class _CorruptStageOutput(MaxRunner):
 
 def test_consistency_names_the_bad_input_not_its_consumers(small, small_mel):
     result = compare_candidate(_CorruptStageOutput(small, CandidateConfig()), References(small), small_mel,
-                               select_taps(small.dims, "all"), consistency=True)
+                               _plan(small.dims, consistency=True))
     assert capture_problems(result.rows) == ["encoder.blocks.0.resid_mid"]
     consumers = [r for r in result.rows if r.stage == "blocks.0.mlp"]
     assert any(r.consistency_verdict == "bad_input" for r in consumers)  # recomputed from the noisy copy

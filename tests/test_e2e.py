@@ -10,11 +10,12 @@ import torch
 import whisper
 
 from fidelity import audio
+from fidelity.candidates.base import CandidateConfig
+from fidelity.candidates.max_builtin import BuiltinCandidate
 from fidelity.compare import main as compare_main
 from fidelity.e2e import DropInEncoder, compare_transcripts, max_encoder, noise_sweep, transcribe_with
 from fidelity.errors import FidelityError
 from fidelity.faults import FAULTS, faulty_candidate
-from fidelity.runners.max_graph import CandidateConfig
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def model(tiny):
 
 @pytest.fixture(scope="module")
 def candidate(tiny):
-    return faulty_candidate(tiny, None, CandidateConfig())
+    return BuiltinCandidate(tiny, CandidateConfig())
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import json
 
 import pytest
 
+from fidelity.candidates.base import CandidateConfig
 from fidelity.compare import main as compare_main
 from fidelity.errors import FidelityError
-from fidelity.faults import CATALOGUE, FAULTS, faulty_candidate, get_fault
-from fidelity.faults.__main__ import localize
-from fidelity.pipeline import References, compare_candidate
-from fidelity.runners.max_graph import CandidateConfig
+from fidelity.faults import CATALOGUE, FAULTS, faulty_candidate, get_fault, localize
+from fidelity.pipeline import Plan, References, compare_candidate
 from fidelity.taps import select_taps
 
 SUBTLE = ("gelu_tanh", "ln_eps_1e-6")
@@ -20,7 +19,7 @@ SUBTLE = ("gelu_tanh", "ln_eps_1e-6")
 
 @pytest.fixture(scope="module")
 def tiny_references(tiny):
-    return References(tiny)
+    return References(tiny, cache_bytes=2 << 30)
 
 
 def test_clean_candidate_is_localized_to_nothing(tiny, speech_mel, tiny_references):
@@ -41,8 +40,8 @@ def test_isolation_separates_local_from_inherited_error(small, small_mel):
     fault = FAULTS["qk_weights_swapped"]
     assert fault.expected(small.dims) == "blocks.1.attn"
     candidate = faulty_candidate(small, fault, CandidateConfig())
-    result = compare_candidate(candidate, References(small), small_mel, select_taps(small.dims, "all"),
-                               isolate=True)
+    plan = Plan(tuple(t.name for t in select_taps(small.dims, "all")), isolate=True)
+    result = compare_candidate(candidate, References(small), small_mel, plan)
     assert result.first_divergence == "encoder.blocks.1.attn.query"
     after = [r for r in result.rows if r.stage in ("blocks.1.mlp", "ln_post")]
     assert all(r.verdict == "diverged" for r in after)          # inherited

@@ -20,7 +20,6 @@ from fidelity import cli
 from fidelity.candidates.base import CandidateConfig
 from fidelity.checkpoints import random_checkpoint, save_checkpoint
 from fidelity.errors import CandidateCrash, FidelityError
-from fidelity.runners.max_graph import CandidateConfig as MaxConfig
 from fidelity.runners.torch_ref import TorchRunner
 from fidelity.taps import resolve_tap, select_taps
 
@@ -148,8 +147,7 @@ def test_short_tap_names_on_the_command_line(tmp_path):
 
 def test_one_device_validation_for_the_reference_and_every_candidate():
     checkpoint = random_checkpoint(SMALL_DIMS, seed=0)
-    for make in (lambda: TorchRunner(checkpoint, "float32", "cuda"), lambda: MaxConfig(device="cuda"),
-                 lambda: CandidateConfig(device="cuda")):
+    for make in (lambda: TorchRunner(checkpoint, "float32", "cuda"), lambda: CandidateConfig(device="cuda")):
         with pytest.raises(FidelityError, match="unknown device 'cuda': choose from cpu, gpu"):
             make()
     if not torch.cuda.is_available():

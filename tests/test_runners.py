@@ -1,4 +1,5 @@
-"""Both runners on a small random-weight config: real openai-whisper modules, real MAX graphs."""
+"""The reference and the built-in candidate on a small random-weight config: real openai-whisper
+modules, real MAX graphs, through the candidate protocol."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import pytest
 import torch
 from whisper.model import disable_sdpa
 
+from fidelity.candidates.base import CandidateConfig
+from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions
 from fidelity.errors import FidelityError
-from fidelity.pipeline import References, compare_candidate
-from fidelity.runners.max_graph import CandidateConfig
-from fidelity.runners.max_runner import MaxRunner
+from fidelity.pipeline import Plan, References, compare_candidate
 from fidelity.runners.torch_ref import TorchRunner
-from fidelity.taps import encoder_taps, select_taps, stage_input, stage_names
+from fidelity.taps import encoder_taps, select_taps, stages
 
 
 @pytest.fixture(scope="module")
 def small_candidate(small):
-    return MaxRunner(small, CandidateConfig())
+    return BuiltinCandidate(small, CandidateConfig())
+
+
+def _plan(taps, **kwargs):
+    return Plan(tuple(t.name for t in taps), **kwargs)
 
 
 def _names(dims, optional=False):
@@ -55,19 +60,18 @@ def test_isolated_torch_stages_reproduce_the_chained_run(small, small_mel):
     runner = TorchRunner(small, "float64")
     names = _names(small.dims)
     chained = runner.run(small_mel, names)
-    inputs = {s: chained[stage_input(small.dims, s)] for s in stage_names(small.dims) if s != "conv_stem"}
-    local = runner.run_stages(inputs, names)
+    boundaries = [s.input for s in stages(small.dims) if s.input]
+    local = runner.run_patched(small_mel, {name: chained[name] for name in boundaries}, names)
     for name in names:
-        if not name.startswith("encoder.conv") and name != "encoder.positional_embedding":
-            np.testing.assert_array_equal(local[name], chained[name], err_msg=name)
+        np.testing.assert_array_equal(local[name], chained[name], err_msg=name)
 
 
 def test_isolated_stage_outputs_are_the_stages_own(small, small_mel):
     """In float32, resid_mid must be attn's output, not the (rounded) reference input of mlp."""
     names = _names(small.dims)
     truth = TorchRunner(small, "float64").run(small_mel, names)
-    inputs = {s: truth[stage_input(small.dims, s)] for s in stage_names(small.dims) if s != "conv_stem"}
-    local = TorchRunner(small, "float32").run_stages(inputs, names)
+    boundaries = [s.input for s in stages(small.dims) if s.input]
+    local = TorchRunner(small, "float32").run_patched(small_mel, {name: truth[name] for name in boundaries}, names)
     mid = "encoder.blocks.0.resid_mid"
     assert not np.array_equal(local[mid], truth[mid].astype(np.float32))
     np.testing.assert_allclose(local[mid], truth[mid], rtol=1e-4, atol=1e-5)
@@ -76,7 +80,7 @@ def test_isolated_stage_outputs_are_the_stages_own(small, small_mel):
 def test_max_candidate_is_within_budget_on_every_tap(small, small_mel, small_candidate):
     references = References(small)
     taps = select_taps(small.dims, "all")
-    result = compare_candidate(small_candidate, references, small_mel, taps, isolate=True)
+    result = compare_candidate(small_candidate, references, small_mel, _plan(taps, isolate=True))
     bad = [(r.name, r.stats.noise_floor_ratio) for r in result.rows if r.verdict != "ok" or r.local_verdict != "ok"]
     assert not bad
     assert result.first_divergence is None
@@ -89,9 +93,9 @@ def test_max_candidate_is_within_budget_on_every_tap(small, small_mel, small_can
 def test_batched_run_equals_one_by_one(small, small_mel, small_candidate):
     rng = np.random.default_rng(5)
     batch = np.concatenate([small_mel, rng.uniform(-1.5, 1.5, small_mel.shape).astype(np.float32)])
-    together = small_candidate.run(batch)
+    together = small_candidate.run(batch, ["encoder.ln_post"])
     for i in range(2):
-        alone = small_candidate.run(batch[i:i + 1])
+        alone = small_candidate.run(batch[i:i + 1], ["encoder.ln_post"])
         np.testing.assert_allclose(together["encoder.ln_post"][i], alone["encoder.ln_post"][0], rtol=0, atol=1e-5)
 
 
@@ -103,14 +107,14 @@ def test_weights_bind_strictly(small, small_candidate):
         return {**weights, "encoder.blocks.0.attn.key.bias": np.zeros(small.dims.n_audio_state, np.float32)}
 
     with pytest.raises(FidelityError, match=r"needs weight encoder\.blocks\.1\.attn\.value\.bias"):
-        MaxRunner(small, CandidateConfig(), transform=drop)
+        BuiltinCandidate(small, CandidateConfig(), transform=drop)
     with pytest.raises(FidelityError, match=r"does not use: encoder\.blocks\.0\.attn\.key\.bias"):
-        MaxRunner(small, CandidateConfig(), transform=add)
+        BuiltinCandidate(small, CandidateConfig(), transform=add)
 
 
 def test_attention_weights_tap(small, small_mel):
-    candidate = MaxRunner(small, CandidateConfig(attention_weights=True))
-    references = References(small, attention_weights=True)
+    candidate = BuiltinCandidate(small, CandidateConfig(), MaxOptions(attention_weights=True))
+    references = References(small)
     taps = select_taps(small.dims, "encoder.blocks.*.attn.weights")
-    result = compare_candidate(candidate, references, small_mel, taps)
+    result = compare_candidate(candidate, references, small_mel, _plan(taps))
     assert [r.verdict for r in result.rows] == ["ok", "ok"]

@@ -27,8 +27,7 @@ from whisper.model import ModelDimensions
 
 from ..devices import check_device
 from ..errors import FidelityError
-
-ENCODER_OUTPUT = "encoder.ln_post"
+from ..taps import ENCODER_OUTPUT, Stage
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,19 @@ class Candidate(abc.ABC):
         """
         raise CapabilityError(f"candidate {self.name} cannot patch taps: isolation needs a candidate "
                               "with two or more probes (see README, 'Instrument your port')")
+
+    @property
+    def runs_by_stage(self) -> bool:
+        """True when `run_stage` can run one stage at a time (the flow then streams, stage by stage)."""
+        return False
+
+    def run_stage(self, stage: Stage, x: np.ndarray, taps: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run one stage (`fidelity.taps.Stage`) on `x`, its input (the mel for the conv stem).
+
+        Returns the stage's taps among `taps`, and always its output. Optional: with it the
+        comparison flow holds one stage's arrays at a time instead of the whole encoder's, and
+        isolates each stage by feeding it the reference's input."""
+        raise CapabilityError(f"candidate {self.name} cannot run one stage at a time")
 
     @property
     def has_front_end(self) -> bool:

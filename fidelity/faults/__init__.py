@@ -1,4 +1,4 @@
-"""The fault catalogue: real porting bugs injected into the MAX candidate, and its proof.
+"""The fault catalogue: real porting bugs injected into the built-in MAX candidate, and its proof.
 
 Each fault is either a change of the candidate's numerics (`Numerics`: a different
 graph, compiled once and cached) or a change of the weights it is given (no
@@ -6,22 +6,25 @@ recompile). Where a weight change reproduces a bug exactly (x + 0 is x, a
 kernel-averaged filter applied at the centre frame is the averaging convolution),
 the catalogue uses it. Block-specific faults pick their block from the model's depth.
 
-`python -m fidelity.faults` (`__main__.py`) is the proof run.
+`localize` runs one fault with isolation and says which stage the workbench named;
+`python -m fidelity.faults` (`__main__.py`) is the proof run over the catalogue.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from whisper.model import ModelDimensions
 
+from ..candidates.base import CandidateConfig
+from ..candidates.max_builtin import BuiltinCandidate, MaxOptions
 from ..errors import FidelityError
-from ..runners.max_encoder import FusedCaptureRunner
-from ..runners.max_graph import CandidateConfig
-from ..runners.max_runner import MaxRunner
+from ..pipeline import Plan, compare_candidate
+from ..taps import encoder_taps
 
 Weights = dict[str, np.ndarray]
 
@@ -37,7 +40,7 @@ class Fault:
     weights: Callable[[Weights, ModelDimensions], Weights] | None = None
     applies: Callable[[ModelDimensions], str | None] = lambda dims: None  # a reason if it does not
 
-    def config(self, base: CandidateConfig) -> CandidateConfig:
+    def options(self, base: MaxOptions) -> MaxOptions:
         return dataclasses.replace(base, numerics=dataclasses.replace(base.numerics, **self.numerics))
 
     def transform(self, dims: ModelDimensions) -> Callable[[Weights], Weights] | None:
@@ -151,9 +154,36 @@ def get_fault(name: str, dims: ModelDimensions) -> Fault:
     return fault
 
 
-def faulty_candidate(checkpoint, fault: Fault | None, base: CandidateConfig, fused: bool = False) -> MaxRunner:
-    """The MAX candidate with `fault` injected (or clean); `fused` captures taps from one whole graph."""
-    runner = FusedCaptureRunner if fused else MaxRunner
-    if fault is None:
-        return runner(checkpoint, base)
-    return runner(checkpoint, fault.config(base), transform=fault.transform(checkpoint.dims))
+def faulty_candidate(checkpoint, fault: Fault, config: CandidateConfig | None = None,
+                     options: MaxOptions | None = None) -> BuiltinCandidate:
+    """The built-in MAX candidate with `fault` injected."""
+    candidate = BuiltinCandidate(checkpoint, config, fault.options(options or MaxOptions()),
+                                 transform=fault.transform(checkpoint.dims))
+    candidate.name = f"max-builtin+{fault.name}"
+    return candidate
+
+
+def localize(checkpoint, references, mel: np.ndarray, fault: Fault | None,
+             config: CandidateConfig | None = None) -> dict:
+    """Run the built-in candidate (with `fault`, or clean) with isolation: the stage named, how far ln_post moved."""
+    dims = checkpoint.dims
+    start = time.perf_counter()
+    candidate = faulty_candidate(checkpoint, fault, config) if fault else BuiltinCandidate(checkpoint, config)
+    plan = Plan(tuple(t.name for t in encoder_taps(dims) if not t.optional), isolate=True)
+    comparison = compare_candidate(candidate, references, mel, plan)
+    stage = comparison.first_stage
+    expected = fault.expected(dims) if fault else None
+    post = comparison.row("encoder.ln_post")
+    return {
+        "fault": fault.name if fault else "clean",
+        "description": fault.description if fault else "the clean candidate",
+        "expected": expected,
+        "localized": stage,
+        "first_tap": comparison.first_divergence,
+        "first_tap_chained": comparison.first_divergence_chained,
+        "correct": stage == expected,
+        "ln_post_cosine": post.stats.as_dict()["cosine"],
+        "ln_post_rel_l2": post.stats.as_dict()["rel_l2"],
+        "ln_post_verdict": post.verdict,
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -15,45 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .. import audio, checkpoints
 from ..cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from ..errors import FidelityError
-from ..pipeline import References, compare_candidate
+from ..pipeline import References
 from ..report.files import atomic_dir, ensure_replaceable, versions
-from ..runners.max_graph import CandidateConfig
-from ..taps import select_taps
-from . import CATALOGUE, FAULTS, Fault, faulty_candidate, get_fault
+from . import CATALOGUE, FAULTS, get_fault, localize
 
 log = logging.getLogger("fidelity.faults")
-
-
-def localize(checkpoint, references: References, mel: np.ndarray, fault: Fault | None,
-             base: CandidateConfig | None = None) -> dict:
-    """Run one fault with isolation; the stage named, and how far ln_post moved."""
-    base = base or CandidateConfig()
-    dims = checkpoint.dims
-    start = time.perf_counter()
-    candidate = faulty_candidate(checkpoint, fault, base)
-    comparison = compare_candidate(candidate, references, mel, select_taps(dims, "all"), isolate=True)
-    first = comparison.first_divergence
-    stage = comparison.row(first).stage if first else None
-    expected = fault.expected(dims) if fault else None
-    post = comparison.row("encoder.ln_post")
-    return {
-        "fault": fault.name if fault else "clean",
-        "description": fault.description if fault else "the clean candidate",
-        "expected": expected,
-        "localized": stage,
-        "first_tap": first,
-        "first_tap_chained": comparison.first_divergence_chained,
-        "correct": stage == expected,
-        "ln_post_cosine": post.stats.as_dict()["cosine"],
-        "ln_post_rel_l2": post.stats.as_dict()["rel_l2"],
-        "ln_post_verdict": post.verdict,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +63,7 @@ def _prove(args: argparse.Namespace) -> int:
             chosen.append(get_fault(name, dims))
     clip = audio.load_audio(args.audio)
     mel = audio.mel_windows(clip, dims.n_mels)[:1]
-    references = References(checkpoint)
+    references = References(checkpoint, cache_bytes=2 << 30)  # one set of reference runs for every fault
     started = time.perf_counter()
     results = [localize(checkpoint, references, mel, None)]
     for index, fault in enumerate(chosen, 1):

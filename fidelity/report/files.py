@@ -7,6 +7,7 @@ import csv
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shutil
@@ -16,6 +17,8 @@ import numpy as np
 
 from ..errors import FidelityError
 from ..verdicts import capture_problems
+
+log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 CSV_COLUMNS = ["name", "stage", "shape", "cosine", "rel_l2", "max_abs", "max_abs_at", "bias", "std_ratio",
@@ -49,11 +52,13 @@ def build_report(comparison, context: dict) -> dict:
         "version": REPORT_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **context,
+        "candidate": comparison.candidate,
         "versions": versions(),
         "reference_platform": reference_platform(),
         "isolated": comparison.isolated,
         "first_divergence": comparison.first_divergence,
         "first_divergence_chained": comparison.first_divergence_chained,
+        "internal_differences": comparison.internal_differences,
         "capture_problems": capture_problems(comparison.rows),
         "windows": comparison.windows,
         "timings": {k: round(v, 3) for k, v in comparison.timings.items()},
@@ -132,20 +137,53 @@ def write_report(doc: dict, folder: Path) -> None:
             writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()})
 
 
-def write_dumps(arrays: dict[str, dict[str, np.ndarray]], folder: Path, meta: dict) -> None:
-    """One .npz per side (candidate, reference, reference64), keys are tap names."""
-    for side, by_tap in arrays.items():
-        np.savez(folder / f"{side}.npz", **by_tap)
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+class DumpWriter:
+    """Writes compared tensors as they are judged: `<side>/<tap>.npy`, (windows, *shape) each.
+
+    Sides are `candidate`, `reference` (openai-whisper in the candidate's precision) and
+    `reference64` (float64). Each file is preallocated .npy filled window by window through a
+    memory map opened only for that write, so nothing accumulates in memory; `np.load` reads
+    them back."""
+
+    def __init__(self, folder: Path, windows: int):
+        self.folder, self.windows = Path(folder), windows
+        self._shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+
+    def write(self, window: int, tap: str, sides: dict[str, np.ndarray | None]) -> None:
+        for side, array in sides.items():
+            if array is None:
+                continue
+            path = self.folder / side / f"{tap}.npy"
+            shape = self._shapes.get((side, tap))
+            if shape is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shape = self._shapes[(side, tap)] = array.shape[1:]
+                target = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype, shape=(self.windows, *shape))
+            elif shape != array.shape[1:]:
+                log.warning("dump of %s %s: window %d has shape %s, not %s; not written", side, tap, window,
+                            array.shape[1:], shape)
+                continue
+            else:
+                target = np.load(path, mmap_mode="r+")
+            target[window] = array[0]
+            target.flush()
+            del target
+
+    def close(self) -> None:
+        self._shapes.clear()
 
 
-def load_dumps(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """Read a dump folder back: side -> tap name -> array (numpy alone)."""
+def write_dump_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_dumps(folder: str | Path, mmap: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Read a dump folder back: side -> tap name -> array (numpy alone: `np.load` of each .npy)."""
     folder = Path(folder)
     sides = {}
-    for path in sorted(folder.glob("*.npz")):
-        with np.load(path) as data:
-            sides[path.stem] = {key: data[key] for key in data.files}
-    if not sides:
+    for side in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        sides[side.name] = {path.name[:-len(".npy")]: np.load(path, mmap_mode="r" if mmap else None)
+                            for path in sorted(side.glob("*.npy"))}
+    if not any(sides.values()):
         raise FidelityError(f"no layer dumps in {folder}")
     return sides

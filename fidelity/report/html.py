@@ -72,8 +72,12 @@ def _meta(doc: dict) -> str:
     items = [("model", f"{doc['model']['name']} ({doc['model']['dims']['n_audio_layer']} layers, "
                        f"width {doc['model']['dims']['n_audio_state']})"),
              ("audio", f"{doc['audio']['source']} ({doc['audio']['seconds']} s, {doc['audio']['windows']} window(s))"),
+             ("candidate", (doc.get("candidate") or {}).get("name", "max-builtin")),
              ("device / dtype", f"{doc['device']} / {doc['dtype']}"), ("fault", doc.get("fault") or "none"),
              ("first divergence", doc.get("first_divergence") or "none"),
+             ("internal differences", "; ".join(f"{d['stage']}: {', '.join(d['taps'])} (output {d['output']} "
+                                                f"within budget)" for d in doc.get("internal_differences") or [])
+              or "none"),
              ("capture problems", ", ".join(doc.get("capture_problems") or []) or "none"),
              ("versions", versions), ("created", doc.get("created", "")), ("command", doc.get("command", ""))]
     return "<table class='meta'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"

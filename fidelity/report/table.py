@@ -58,6 +58,10 @@ def format_summary(doc: dict) -> str:
     lines.append(f"first divergence by {kind}: {first or 'none'}")
     if doc.get("isolated") and doc.get("first_divergence_chained") != first:
         lines.append(f"first divergence by chained error: {doc.get('first_divergence_chained') or 'none'}")
+    for found in doc.get("internal_differences", []):
+        lines.append(f"warning: internal difference in {found['stage']}: its output {found['output']} is within "
+                     f"budget, these taps inside it are not: {', '.join(found['taps'])} (another layout or a "
+                     "consistent relabelling is not a divergence; check them if unexpected)")
     if doc.get("capture_problems"):
         lines.append(f"capture problems (a captured tap its own recomputation does not reproduce): "
                      f"{', '.join(doc['capture_problems'])}")

@@ -1,20 +1,28 @@
-"""The PyTorch reference: openai-whisper's own `AudioEncoder`, traced with forward hooks.
+"""The reference: openai-whisper's own `AudioEncoder`, run stage by stage with hooks.
 
-Nothing of the model is reimplemented. Taps come from hooks on the real modules
-(`_HOOKS`); the two values with no module of their own are read where the next
-module receives them, and conv2's GELU is `F.gelu` of the hooked conv2 output,
-the call openai-whisper itself makes. Attention runs on openai-whisper's explicit
-path (`disable_sdpa`), the one that exposes the attention logits.
+Nothing of the model is reimplemented. Each stage (`fidelity.taps.Stage`) is a call
+of the real submodules: the residual step of `ResidualAttentionBlock`
+(`x + attn(attn_ln(x))[0]`, `x + mlp(mlp_ln(x))`), `ln_post`, and the conv stem as
+`AudioEncoder.forward` writes it. Taps come from hooks on those modules at the
+points `fidelity.taps` declares; the same hooks can replace a value (`run_patched`),
+so the reference patches wherever a candidate does. Attention runs on openai-whisper's
+explicit path (`disable_sdpa`), the one that exposes the attention logits.
 
-Precision: float32 as shipped; float64 with every module in float64 (openai-whisper's
-LayerNorm is run as plain `nn.LayerNorm` then, since its float32 cast would mix
-dtypes); float16/bfloat16 the openai-whisper way, float32 parameters and a half input.
+Method names are the candidate protocol's (`run`, `run_patched`, `run_stage`,
+`encode`, `front_end`).
+
+Precision: float32 as shipped (the modules share the checkpoint's tensors); float64
+by a float64 copy of each stage's modules made as the stage runs (openai-whisper's
+LayerNorm run as plain `nn.LayerNorm`, since its float32 cast would mix dtypes), so
+the truth never holds a second full copy of the weights; float16/bfloat16 the
+openai-whisper way, float32 parameters and a half input.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+import copy
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,51 +30,36 @@ import torch.nn.functional as F
 from torch import nn
 from whisper.model import AudioEncoder, LayerNorm, disable_sdpa
 
+from .. import audio
 from ..checkpoints import Checkpoint
 from ..devices import check_device
 from ..errors import FidelityError
-from ..taps import stage_output
+from ..taps import CONV_STEM, ENCODER_OUTPUT, LN_POST, Stage, stages
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
                 "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# tap (block-relative inside blocks) -> (module path, what to capture)
-_GLOBAL_HOOKS = {
-    "encoder.conv1": ("conv1", "output"),
-    "encoder.conv1.gelu": ("conv2", "input"),
-    "encoder.conv2": ("conv2", "output"),
-    "encoder.conv2.gelu": ("conv2", "gelu"),
-    "encoder.positional_embedding": ("blocks.0", "input"),
-    "encoder.ln_post": ("ln_post", "output"),
-}
-_BLOCK_HOOKS = {
-    "attn_ln": ("attn_ln", "output"),
-    "attn.query": ("attn.query", "output"),
-    "attn.key": ("attn.key", "output"),
-    "attn.value": ("attn.value", "output"),
-    "attn.weights": ("attn", "softmax"),
-    "attn.wv": ("attn.out", "input"),
-    "attn.out": ("attn.out", "output"),
-    "resid_mid": ("mlp_ln", "input"),
-    "mlp_ln": ("mlp_ln", "output"),
-    "mlp.0": ("mlp.0", "output"),
-    "mlp.1": ("mlp.1", "output"),
-    "mlp.2": ("mlp.2", "output"),
-    "resid_post": ("", "output"),
-}
+Arrays = dict[str, np.ndarray]
 
 
-def hook_point(tap: str) -> tuple[str, str]:
-    """(module path under the encoder, capture kind) for a tap name."""
-    if tap in _GLOBAL_HOOKS:
-        return _GLOBAL_HOOKS[tap]
-    parts = tap.split(".", 3)  # encoder, blocks, i, rest
-    module, kind = _BLOCK_HOOKS[parts[3]]
-    return (f"blocks.{parts[2]}" + (f".{module}" if module else "")), kind
+class _ConvStem(nn.Module):
+    """The conv stem's modules (shared with the encoder), as `AudioEncoder.forward` runs them."""
+
+    def __init__(self, encoder: AudioEncoder):
+        super().__init__()
+        self.conv1, self.conv2 = encoder.conv1, encoder.conv2
+        self.register_buffer("positional_embedding", encoder.positional_embedding)
+
+    def forward(self, x: torch.Tensor, point: Callable) -> torch.Tensor:
+        x = point("encoder.conv1", self.conv1(x))
+        x = point("encoder.conv1.gelu", F.gelu(x))
+        x = point("encoder.conv2", self.conv2(x))
+        x = point("encoder.conv2.gelu", F.gelu(x))
+        return (x.permute(0, 2, 1) + self.positional_embedding).to(x.dtype)
 
 
 class TorchRunner:
-    """Runs openai-whisper's `AudioEncoder` in one precision and captures taps."""
+    """openai-whisper's `AudioEncoder` in one precision, run stage by stage, taps captured by hooks."""
 
     def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", tf32: bool = False):
         if dtype not in TORCH_DTYPES:
@@ -76,78 +69,116 @@ class TorchRunner:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise FidelityError("--device gpu: torch sees no CUDA device")
         d = checkpoint.dims
-        encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
+        with torch.device("meta"):
+            encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         prefix = "encoder."
-        encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint.state.items() if k.startswith(prefix)},
-                                strict=True)
-        encoder = encoder.to(torch.float64 if dtype == "float64" else torch.float32)
+        state = {k[len(prefix):]: v.to(torch.float32) for k, v in checkpoint.state.items() if k.startswith(prefix)}
+        positional = state.pop("positional_embedding")  # a buffer: assigned below
+        encoder.load_state_dict(state, strict=False, assign=True)  # shares the checkpoint's float32 tensors
+        encoder.register_buffer("positional_embedding", positional)
+        missing = [n for n, p in encoder.named_parameters() if p.is_meta]
+        if missing:
+            raise FidelityError(f"checkpoint lacks encoder weights: {', '.join(missing[:5])}")
         self.encoder = encoder.to(self.device).eval()
         self.dims = d
+        self.stages = stages(d)
+        self._stem = _ConvStem(self.encoder)
 
-    # -- public interface ----------------------------------------------------
-    def run(self, mel: np.ndarray, taps: list[str]) -> dict[str, np.ndarray]:
+    # -- the protocol's jobs -------------------------------------------------------
+    def run(self, mel: np.ndarray, taps: Sequence[str]) -> Arrays:
         """Run the whole encoder on `mel` (batch, n_mels, frames); return the taps."""
-        with self._capture(taps) as captured, torch.no_grad():
-            self.encoder(self._tensor(mel))
-        return _to_numpy(captured)
+        return self.run_patched(mel, {}, taps)
 
-    def run_stages(self, inputs: dict[str, np.ndarray], taps: list[str]) -> dict[str, np.ndarray]:
-        """Run block and ln_post stages on given inputs (isolation): stage -> its input.
+    def run_patched(self, mel: np.ndarray, patches: dict[str, np.ndarray], taps: Sequence[str]) -> Arrays:
+        """The whole encoder with each tap in `patches` replaced downstream by the given value."""
+        wanted, out, x = set(taps), {}, mel
+        for stage in self.stages:
+            captured = self.run_stage(stage, x, wanted | {stage.output}, patches)
+            x = patches.get(stage.output, captured[stage.output])
+            out.update({k: v for k, v in captured.items() if k in wanted})
+        return out
 
-        (The conv stem reads the mel itself, so its isolated run is its chained run.)
+    def patchable_taps(self) -> list[str]:
+        return [t.name for s in self.stages for t in s.taps if t.hook is None or t.hook[1] != "softmax"]
 
-        A block stage is the residual step of openai-whisper's `ResidualAttentionBlock`
-        (`x + attn(attn_ln(x))[0]`, `x + mlp(mlp_ln(x))`) over its real submodules.
-        """
-        outputs = {}
-        with self._capture(taps) as captured, torch.no_grad():
-            for stage, value in inputs.items():
-                out = self.stage_fn(stage)(self._tensor(value))
-                name = stage_output(self.dims, stage)
-                if name in taps:
-                    outputs[name] = out.detach()
-        # A stage's output wins over a hook that saw the same tap as the *next* stage's
-        # input (mlp_ln's input is resid_mid): in isolation that input is the reference's.
-        captured.update(outputs)
-        return _to_numpy(captured)
-
-    # -- internals -------------------------------------------------------------
-    def stage_fn(self, stage: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """One stage as a call of the real submodules (the residual adds and the conv
-        stem's GELUs and positional add restate `AudioEncoder.forward`)."""
-        enc = self.encoder
-        if stage == "ln_post":
-            return enc.ln_post
-        if stage == "conv_stem":
-            return lambda x: (F.gelu(enc.conv2(F.gelu(enc.conv1(x)))).permute(0, 2, 1) + enc.positional_embedding
-                              ).to(x.dtype)
-        _, index, part = stage.split(".")
-        block = self.encoder.blocks[int(index)]
-        if part == "attn":
-            return lambda x: x + block.attn(block.attn_ln(x))[0]
-        return lambda x: x + block.mlp(block.mlp_ln(x))
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, TORCH_DTYPES[self.dtype])
-
-    @contextlib.contextmanager
-    def _capture(self, taps: list[str]):
+    def run_stage(self, stage: Stage, x: np.ndarray, taps: Iterable[str],
+                  patches: dict[str, np.ndarray] | None = None) -> Arrays:
+        """One stage on `x` (the mel for the conv stem): its taps among `taps` and its output, each as
+        computed there; a patched tap inside the stage is replaced downstream of where it is computed."""
+        patches = patches or {}
+        wanted = {t.name for t in stage.taps if t.name in set(taps)} | {stage.output}
+        root = self._root(stage)
         captured: dict[str, torch.Tensor] = {}
+
+        def point(name: str, value: torch.Tensor) -> torch.Tensor:
+            if name in wanted:
+                captured[name] = value.detach()
+            return self._tensor(patches[name]) if name in patches else value
+
         handles = []
-        modules = dict(self.encoder.named_modules())
-        for tap in taps:
-            path, kind = hook_point(tap)
-            handles.append(_register(modules[path], kind, tap, captured))
+        modules = dict(root.named_modules())
+        for tap in stage.taps:
+            if tap.hook is None or tap.hook[1] == "call" or (tap.name not in wanted and tap.name not in patches):
+                continue
+            path, kind = tap.hook
+            if tap.name in wanted:
+                handles.append(_register(modules[path], kind, tap.name, captured))
+            if tap.name in patches:
+                handles.append(_register_patch(modules[path], kind, tap.name, self._tensor(patches[tap.name])))
         try:
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(disable_sdpa())
-                stack.enter_context(_tf32(self.tf32))
-                if self.dtype == "float64":
-                    stack.enter_context(_layer_norm_in_input_dtype(self.encoder))
-                yield captured
+            with self._numerics(root), torch.no_grad():
+                point(stage.output, self._stage_fn(stage, root, point)(self._tensor(x)))
         finally:
             for handle in handles:
                 handle.remove()
+        return _to_numpy(captured)
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        return self.run(mel, [ENCODER_OUTPUT])[ENCODER_OUTPUT]
+
+    def front_end(self, samples: np.ndarray) -> np.ndarray:
+        """openai-whisper's log-mel windows of 16 kHz samples, in this runner's precision (float32 or 64)."""
+        return audio.log_mel_windows(samples, self.dims.n_mels, float64=self.dtype == "float64")
+
+    # -- internals -------------------------------------------------------------
+    def _root(self, stage: Stage) -> nn.Module:
+        """The module a stage's hooks are relative to; a float64 copy for the float64 truth."""
+        if stage.kind == CONV_STEM:
+            root = self._stem
+        elif stage.kind == LN_POST:
+            root = self.encoder.ln_post
+        else:
+            root = self.encoder.blocks[stage.block]
+        return copy.deepcopy(root).to(torch.float64) if self.dtype == "float64" else root
+
+    @staticmethod
+    def _stage_fn(stage: Stage, root: nn.Module, point: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+        if stage.kind == CONV_STEM:
+            return lambda x: root(x, point)
+        if stage.kind == "attn":
+            return lambda x: x + root.attn(root.attn_ln(x))[0]
+        if stage.kind == "mlp":
+            return lambda x: x + root.mlp(root.mlp_ln(x))
+        return root
+
+    def stage_fn(self, stage: Stage) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One stage as a plain tensor function (benchmarks)."""
+        root = self._root(stage)
+        return self._stage_fn(stage, root, lambda name, value: value)
+
+    def _tensor(self, array) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):
+            return array.to(self.device, TORCH_DTYPES[self.dtype])
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, TORCH_DTYPES[self.dtype])
+
+    @contextlib.contextmanager
+    def _numerics(self, root: nn.Module):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(disable_sdpa())
+            stack.enter_context(_tf32(self.tf32))
+            if self.dtype == "float64":
+                stack.enter_context(_layer_norm_in_input_dtype(root))
+            yield
 
 
 def _register(module: nn.Module, kind: str, tap: str, captured: dict):
@@ -155,15 +186,22 @@ def _register(module: nn.Module, kind: str, tap: str, captured: dict):
         return module.register_forward_pre_hook(lambda m, args: captured.__setitem__(tap, args[0].detach()))
     if kind == "output":
         return module.register_forward_hook(lambda m, args, out: captured.__setitem__(tap, out.detach()))
-    if kind == "gelu":
-        return module.register_forward_hook(lambda m, args, out: captured.__setitem__(tap, F.gelu(out).detach()))
     if kind == "softmax":  # MultiHeadAttention returns (out, qk logits); whisper softmaxes qk in float
         return module.register_forward_hook(
             lambda m, args, out: captured.__setitem__(tap, F.softmax(out[1].float(), dim=-1).to(out[0].dtype)))
     raise ValueError(kind)
 
 
-def _to_numpy(captured: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def _register_patch(module: nn.Module, kind: str, tap: str, value: torch.Tensor):
+    """A hook, registered after the capturing one, that hands `value` downstream instead."""
+    if kind == "input":
+        return module.register_forward_pre_hook(lambda m, args: (value, *args[1:]))
+    if kind == "output":
+        return module.register_forward_hook(lambda m, args, out: value)
+    raise FidelityError(f"the reference cannot patch {tap}: openai-whisper never hands it on as a tensor")
+
+
+def _to_numpy(captured: dict[str, torch.Tensor]) -> Arrays:
     out = {}
     for name, tensor in captured.items():
         if tensor.dtype in (torch.float16, torch.bfloat16):
@@ -173,9 +211,9 @@ def _to_numpy(captured: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _layer_norm_in_input_dtype(encoder: nn.Module):
+def _layer_norm_in_input_dtype(root: nn.Module):
     """Run openai-whisper's LayerNorm modules as plain `nn.LayerNorm` (float64 runs)."""
-    patched = [m for m in encoder.modules() if isinstance(m, LayerNorm)]
+    patched = [m for m in root.modules() if isinstance(m, LayerNorm)]
     for module in patched:
         module.forward = nn.LayerNorm.forward.__get__(module)
     try:
@@ -193,4 +231,3 @@ def _tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
-

@@ -19,7 +19,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorValue, Weight, ops
 from whisper.model import ModelDimensions
 
-from ..errors import FidelityError
+from ...errors import FidelityError
 
 Emit = Callable[[str, TensorValue], None]
 

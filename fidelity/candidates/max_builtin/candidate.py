@@ -1,0 +1,171 @@
+"""The built-in MAX encoder as a `Candidate`: weights bound to compiled stage graphs.
+
+`run` chains the stage graphs (or, with `capture="fused"`, runs one whole-encoder
+graph with every tap an output); every stage input is patchable, so `run_patched`
+runs each stage on the given input; `run_stage` runs one stage, which lets the
+comparison flow walk the encoder stage by stage and drop arrays as it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from max.driver import Buffer
+
+from ...checkpoints import Checkpoint
+from ...errors import FidelityError
+from ...taps import CONV_STEM, Stage, stages
+from ..base import Candidate, CandidateConfig
+from ..max_engine import session_for, to_device
+from .stage_graphs import STAGE_KINDS, CompiledStage, MaxOptions, check_options
+
+log = logging.getLogger(__name__)
+
+WeightTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Perturb = Callable[[str, np.ndarray], np.ndarray]
+
+
+def weight_registry(names: list[str], weights: dict[str, np.ndarray], prefix: str, config: CandidateConfig) -> dict:
+    """The weights a graph declares, taken strictly from `weights` under `prefix`, copied to its device.
+
+    MAX owns the copies, so no host array's lifetime matters once they have run."""
+    registry, sources = {}, []
+    device = session_for(config.device)[1]
+    for name in names:
+        key = prefix + name
+        if key not in weights:
+            raise FidelityError(f"the MAX graph needs weight {key}, which the checkpoint does not have")
+        source = host_array(weights[key], config.dtype)
+        sources.append(source)  # alive until the copies below have run (they may be queued)
+        registry[name] = Buffer.from_dlpack(source).copy(device)
+    device.synchronize()
+    return registry
+
+
+def host_array(array: np.ndarray, dtype: str):
+    """A contiguous host array in the graph's weight dtype (torch carries bfloat16, numpy has none)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16).contiguous()
+    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
+
+
+class BuiltinCandidate(Candidate):
+    """The workbench's own MAX Graph encoder: one compiled graph per stage kind, every tap an output."""
+
+    name = "max-builtin"
+
+    def __init__(self, checkpoint: Checkpoint, config: CandidateConfig | None = None,
+                 options: MaxOptions | None = None, transform: WeightTransform | None = None):
+        self.config = config or CandidateConfig()
+        self.options = options or MaxOptions()
+        check_options(self.config, self.options)
+        self.dims, self.dtype, self.device = checkpoint.dims, self.config.dtype, self.config.device
+        self.stages = stages(self.dims)
+        weights = dict(checkpoint.encoder_weights)
+        if transform is not None:
+            weights = transform(weights)
+        first = {s.kind: s for s in reversed(self.stages)}
+        self.compiled = {kind: CompiledStage(self.dims, first[kind], self.config, self.options)
+                         for kind in STAGE_KINDS}
+        self.models = {}
+        used: set[str] = set()
+        for stage in self.stages:
+            compiled = self.compiled[stage.kind]
+            self.models[stage.name] = compiled.bind(
+                weight_registry(compiled.weight_names, weights, stage.prefix, self.config))
+            used.update(stage.prefix + name for name in compiled.weight_names)
+        unused = sorted(set(weights) - used)
+        del weights
+        if unused:
+            raise FidelityError(f"checkpoint weights the MAX graph does not use: {', '.join(unused[:5])}")
+        self.fused = None
+        if self.options.capture == "fused":
+            from .whole_graph import WholeEncoder
+
+            self.fused = WholeEncoder(checkpoint, self.config, self.options, tuple(self.available_taps()),
+                                      transform)
+            self.name = "max-builtin-fused"
+
+    @property
+    def compile_seconds(self) -> float:
+        fused = self.fused.compile_seconds if self.fused else 0.0
+        return sum(c.compile_seconds for c in self.compiled.values()) + fused
+
+    # -- the protocol ------------------------------------------------------------
+    def available_taps(self) -> list[str]:
+        return [t.name for s in self.stages for t in s.taps if self.options.attention_weights or not t.optional]
+
+    def patchable_taps(self) -> list[str]:
+        """Every stage input (the conv stem reads the mel)."""
+        return [s.input for s in self.stages if s.input is not None]
+
+    @property
+    def runs_by_stage(self) -> bool:
+        return self.fused is None
+
+    def run(self, mel: np.ndarray, taps: Sequence[str]) -> dict[str, np.ndarray]:
+        """Chained run: every stage on the previous stage's output.
+
+        If a stage's output cannot feed the next stage (a wrong stride, say), the chain
+        stops there and the later taps are missing."""
+        if self.fused is not None:
+            wanted = set(taps)
+            return {k: np.array(v) for k, v in self.fused(mel).items() if k in wanted}
+        return self.run_patched(mel, {}, taps)
+
+    def run_patched(self, mel: np.ndarray, patches: dict[str, np.ndarray],
+                    taps: Sequence[str]) -> dict[str, np.ndarray]:
+        wanted, out = set(taps), {}
+        x = mel
+        for stage in self.stages:
+            if stage.input in patches:
+                x = patches[stage.input]
+            elif stage.kind != CONV_STEM and not self._fits(stage, x):
+                break
+            captured = self.run_stage(stage, x, wanted | {stage.output})
+            x = captured[stage.output]
+            out.update({k: v for k, v in captured.items() if k in wanted})
+        return out
+
+    def run_stage(self, stage: Stage, x: np.ndarray, taps: Iterable[str]) -> dict[str, np.ndarray]:
+        """One stage on `x` (the mel for the conv stem): its taps among `taps`, and always its output."""
+        outputs = self.models[stage.name].execute(self._to_device(x))
+        wanted = set(taps) | {stage.output}
+        names = [stage.prefix + local for local in self.compiled[stage.kind].local_names]
+        return {name: np.array(out.to_numpy()) for name, out in zip(names, outputs) if name in wanted}
+
+    def encode(self, mel: np.ndarray, perturb: Perturb | None = None) -> np.ndarray:
+        """The encoder output alone (no taps copied out), for transcription.
+
+        `perturb(tap, value)` may replace each stage's output before the next stage
+        reads it (the sensitivity sweep adds noise this way).
+        """
+        x = self._to_device(mel)
+        for stage in self.stages:
+            x = self.models[stage.name].execute(x)[-1]
+            if perturb is not None:
+                x = self._to_device(perturb(stage.output, np.array(x.to_numpy())))
+        return np.array(x if isinstance(x, np.ndarray) else x.to_numpy())
+
+    def describe(self) -> dict:
+        return {**super().describe(), "capture": self.options.capture, "attention": self.options.attention}
+
+    # -- internals -----------------------------------------------------------------
+    def _fits(self, stage: Stage, x: np.ndarray) -> bool:
+        expected = (self.dims.n_audio_ctx, self.dims.n_audio_state)
+        if tuple(x.shape[1:]) != expected:
+            log.warning("chain stops before %s: it needs frames x width %s, the candidate made %s",
+                        stage.name, expected, tuple(x.shape[1:]))
+            return False
+        return True
+
+    def _to_device(self, array: np.ndarray):
+        return to_device(array, self.config.device)
+
+
+def build(checkpoint: Checkpoint, config: CandidateConfig) -> BuiltinCandidate:
+    """The `--candidate` builder of the built-in encoder (default options)."""
+    return BuiltinCandidate(checkpoint, config)

@@ -1,0 +1,105 @@
+"""Small candidates of the tests' own, loaded by `--candidate tests/protocol_candidates.py:NAME`.
+
+`OpenAIWhisperCandidate` is openai-whisper's encoder in float32 behind the candidate
+protocol: a real non-MAX candidate that runs only as a whole (no `run_stage`), whose
+taps can all be patched. The others vary it: a black box with the encoder output only,
+one that crashes, one whose front end pads short clips with zeros in log-mel space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+
+from fidelity.candidates.base import Candidate, CandidateConfig
+from fidelity.runners.torch_ref import TorchRunner
+from fidelity.taps import ENCODER_OUTPUT
+
+
+class OpenAIWhisperCandidate(Candidate):
+    """openai-whisper's `AudioEncoder` (float32, CPU) as a candidate; `taps` limits what it offers."""
+
+    name = "openai-whisper-fp32"
+
+    def __init__(self, checkpoint, config: CandidateConfig, taps: list[str] | None = None, patchable: bool = True):
+        self.runner = TorchRunner(checkpoint, "float32", "cpu")
+        self.dims, self.dtype, self.device = checkpoint.dims, config.dtype, config.device
+        self._taps = taps or [t.name for s in self.runner.stages for t in s.taps if not t.optional]
+        self._patchable = patchable
+
+    def available_taps(self) -> list[str]:
+        return list(self._taps)
+
+    def run(self, mel, taps):
+        return self.runner.run(mel, [t for t in taps if t in self._taps])
+
+    def patchable_taps(self):
+        return [t for t in self.runner.patchable_taps() if t in self._taps] if self._patchable else []
+
+    def run_patched(self, mel, patches, taps):
+        return self.runner.run_patched(mel, patches, [t for t in taps if t in self._taps])
+
+
+class Crashing(OpenAIWhisperCandidate):
+    name = "crashing"
+
+    def run(self, mel, taps):
+        raise ZeroDivisionError("the port divided by zero")
+
+
+class ZeroPaddedFrontEnd(OpenAIWhisperCandidate):
+    """openai-whisper's log-mel of the clip alone, then padded with zeros in log-mel space (a port's bug)."""
+
+    name = "zero-padded-front-end"
+
+    @property
+    def has_front_end(self) -> bool:
+        return True
+
+    def front_end(self, samples: np.ndarray) -> np.ndarray:
+        windows = []
+        for start in range(0, len(samples), N_SAMPLES):
+            chunk = samples[start:start + N_SAMPLES]
+            mel = log_mel_spectrogram(chunk, self.dims.n_mels).numpy()[:, :N_FRAMES]
+            windows.append(np.pad(mel, ((0, 0), (0, N_FRAMES - mel.shape[1]))))
+        return np.stack(windows).astype(np.float32)
+
+
+class WhisperFrontEnd(ZeroPaddedFrontEnd):
+    """The same front end done right: the samples padded to 30 s before the STFT."""
+
+    name = "whisper-front-end"
+
+    def front_end(self, samples: np.ndarray) -> np.ndarray:
+        windows = []
+        for start in range(0, len(samples), N_SAMPLES):
+            windows.append(log_mel_spectrogram(pad_or_trim(samples[start:start + N_SAMPLES]), self.dims.n_mels).numpy())
+        return np.stack(windows).astype(np.float32)
+
+
+def whole(checkpoint, config):
+    return OpenAIWhisperCandidate(checkpoint, config)
+
+
+def black_box(checkpoint, config):
+    return OpenAIWhisperCandidate(checkpoint, config, taps=[ENCODER_OUTPUT], patchable=False)
+
+
+def no_encoder_output(checkpoint, config):
+    return OpenAIWhisperCandidate(checkpoint, config, taps=["encoder.conv1", "encoder.conv2"])
+
+
+def crashing(checkpoint, config):
+    return Crashing(checkpoint, config)
+
+
+def raising_builder(checkpoint, config):
+    raise RuntimeError("weights not found in my format")
+
+
+def zero_padded_front_end(checkpoint, config):
+    return ZeroPaddedFrontEnd(checkpoint, config)
+
+
+def whisper_front_end(checkpoint, config):
+    return WhisperFrontEnd(checkpoint, config)
