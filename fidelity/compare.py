@@ -5,7 +5,8 @@ openai-whisper (float64 for the truth, the candidate's precision for the noise
 floor) on the same log-mel windows, prints a per-tap table and writes
 report.json/report.csv (and, with --dump, every compared tensor).
 
-Exit status: 0 when every selected tap is within budget, 1 when one is not,
+Exit status: 0 when every selected tap is within budget, 1 when one is not (or, with
+--e2e, when the teacher-forced KL ratio is over budget or a flip is not a near tie),
 2 on bad input (one line on stderr, nothing written), 3 when the candidate crashed
 (its traceback in the log).
 """
@@ -27,13 +28,14 @@ from .candidates.base import Candidate, CandidateConfig, CapabilityError
 from .candidates.loader import build_candidate
 from .candidates.max_builtin import DTYPES, BuiltinCandidate, MaxOptions, Numerics
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
-from .devices import DEVICES
-from .e2e import compare_transcripts, max_encoder, noise_sweep, transcribe_with
+from .devices import DEVICES, torch_device
+from .e2e import end_to_end, noise_sweep
 from .errors import CandidateCrash, FidelityError
 from .faults import faulty_candidate, get_fault
 from .pipeline import Comparison, Plan, References, check_plan, compare_candidate
 from .report.files import atomic_dir, build_report, ensure_replaceable, write_dump_meta, write_report
 from .report.table import format_e2e, format_summary, format_table
+from .teacher import failed as teacher_failed
 
 log = logging.getLogger("fidelity.compare")
 
@@ -81,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(python -m fidelity.faults --list shows them)")
     parser.add_argument("--e2e", action="store_true",
                         help="also transcribe the whole clip with openai-whisper, once with its own encoder and "
-                             "once with the candidate's encoder (greedy, temperature 0), and compare the words")
+                             "once with the candidate's encoder (greedy, and with openai-whisper's default "
+                             "temperature fallback), compare the words, and teacher-force the decoder over the "
+                             "reference transcript to judge the candidate's next-token KL against openai-whisper's "
+                             "own in the same dtype (exit 1 when over budget)")
     parser.add_argument("--text", type=Path, default=None,
                         help="ground-truth transcript for --e2e (the shipped clips bring their own)")
     parser.add_argument("--sensitivity", default=None, metavar="TAP",
@@ -197,7 +202,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise FidelityError("--sensitivity perturbs the built-in candidate only: leave out --candidate")
     truth = read_truth(args.text, args.audio) if args.e2e else None
     levels = parse_levels(args.noise_levels) if args.sensitivity else []
-    clip = audio.load_audio(args.audio, allow_silent=args.e2e)
+    clip = audio.load_audio(args.audio)  # --e2e on silence: nothing to teacher-force either
     if args.sensitivity and args.sensitivity not in tapmod.stage_outputs(checkpoint.dims):
         raise FidelityError(f"--sensitivity takes a stage output (a stage name stands for its output, e.g. "
                             f"'1.attn'): {', '.join(tapmod.stage_outputs(checkpoint.dims))}")
@@ -238,28 +243,31 @@ def _compare(args: argparse.Namespace) -> int:
         sys.stdout.write(format_e2e(e2e) + "\n")
     log.info("report written to %s%s (%.1f s)", out, f", dumps to {dump}" if dump else "",
              time.perf_counter() - started)
-    transcript_changed = e2e is not None and not e2e["identical"]
-    return EXIT_FAIL if doc["first_divergence"] or transcript_changed else EXIT_OK
+    e2e_failed = e2e is not None and teacher_failed(e2e["teacher"])  # not merely a changed greedy transcript
+    return EXIT_FAIL if doc["first_divergence"] or e2e_failed else EXIT_OK
 
 
 def run_e2e(checkpoint, clip, candidate: Candidate, truth: str | None, sensitivity: str | None,
             levels: list[float]) -> dict:
-    """Transcribe with both encoders and compare; optionally sweep noise at one tap (built-in only)."""
-    model = checkpoint.whisper_model()
-    log.info("transcribing %.1f s with openai-whisper's encoder", clip.seconds)
-    reference = transcribe_with(model, clip.samples, model.encoder)
-    log.info("transcribing %.1f s with the candidate's encoder (%s)", clip.seconds, candidate.name)
-    try:
-        transcript = transcribe_with(model, clip.samples, max_encoder(candidate))
-    except FidelityError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the candidate's encode failed inside whisper
-        raise CandidateCrash(f"candidate {candidate.name} crashed in encode (--e2e)") from exc
-    result = compare_transcripts(model, reference, transcript, truth)
+    """Transcribe with both encoders, compare, teacher-force; optionally sweep noise at one tap (built-in only).
+
+    The decoder runs on the candidate's device; the teacher-forcing floor is openai-whisper in the
+    candidate's floor precision there."""
+    model = checkpoint.whisper_model().to(torch_device(candidate.device))
+
+    def encode(mel):
+        try:
+            return candidate.encode(mel)
+        except FidelityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the candidate's encode failed inside whisper
+            raise CandidateCrash(f"candidate {candidate.name} crashed in encode (--e2e)") from exc
+
+    result = end_to_end(model, checkpoint, clip.samples, encode, truth, candidate.device, candidate.floor_dtype)
     if sensitivity:
         result["sensitivity"] = {"tap": sensitivity,
                                  "rows": noise_sweep(model, clip.samples, candidate, sensitivity, levels,
-                                                     reference.text)}
+                                                     result["reference_text"])}
     return result
 
 

@@ -12,3 +12,12 @@ def check_device(device: str) -> str:
     if device not in DEVICES:
         raise FidelityError(f"unknown device {device!r}: choose from {', '.join(DEVICES)}")
     return device
+
+
+def torch_device(device: str):
+    """The torch device of a workbench device name, refusing "gpu" where torch sees no CUDA device."""
+    import torch  # only callers that run torch pay for the import
+
+    if check_device(device) == "gpu" and not torch.cuda.is_available():
+        raise FidelityError("--device gpu: torch sees no CUDA device")
+    return torch.device("cuda" if device == "gpu" else "cpu")

@@ -1,10 +1,12 @@
 """End to end: the MAX encoder inside openai-whisper's own transcription.
 
 `DropInEncoder` replaces `model.encoder`, so `whisper.transcribe` runs unchanged
-(long-form windows, timestamps, prompts). Both sides decode greedily at temperature
-0 with the same decoder and options. While they run, a wrapper on `model.decode` and
-a forward hook on the real `model.decoder` record each window's tokens and each
-step's top log-probabilities, which is how the first parting token is found.
+(long-form windows, timestamps, prompts). Both sides decode with the same decoder and
+options: greedily at temperature 0, or with openai-whisper's defaults (temperature
+fallback). While they run, a wrapper on `model.decode` and a forward hook on the real
+`model.decoder` record each window's mel, options, tokens and each step's top
+log-probabilities: the first parting token comes from these, and teacher forcing
+(`fidelity.teacher`) replays the recorded windows.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from whisper.tokenizer import get_tokenizer
 
 from .candidates.base import Candidate
 from .errors import FidelityError
+from .runners.torch_ref import _tf32 as tf32
 from .taps import stage_outputs
+from .teacher import Encode, memoized, reference_windows, teacher_forced, torch_encoder
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+GREEDY = 0.0
+# openai-whisper's defaults, passed explicitly so `DecodeRecord.skipped` follows the same rule
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+NO_SPEECH_THRESHOLD, LOGPROB_THRESHOLD = 0.6, -1.0
 
 
 class DropInEncoder(nn.Module):
@@ -61,7 +69,7 @@ class _Timed(nn.Module):
 
 @dataclass
 class DecodeRecord:
-    """One call of `model.decode` (one 30 s window): its tokens and per-step top-k."""
+    """One call of `model.decode` (one 30 s window at one temperature): what went in, what came out."""
 
     steps: list[list[tuple[int, float]]] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -69,6 +77,14 @@ class DecodeRecord:
     avg_logprob: float = float("nan")
     no_speech_prob: float = float("nan")
     compression_ratio: float = float("nan")
+    temperature: float = 0.0
+    mel: np.ndarray | None = None                      # (n_mels, frames) float32, the decoded segment
+    options: whisper.DecodingOptions | None = None     # prompt, timestamps, temperature as decoded
+
+    @property
+    def skipped(self) -> bool:
+        """Left out of the transcript as silence (openai-whisper's no-speech rule)."""
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and not self.avg_logprob > LOGPROB_THRESHOLD
 
 
 @dataclass
@@ -79,6 +95,12 @@ class Transcript:
     seconds: float
     encoder_seconds: float
     encoder_calls: int
+    temperature: float | tuple = GREEDY
+
+    @property
+    def fallbacks(self) -> int:
+        """Decodes retried at a higher temperature (0 for greedy decoding)."""
+        return sum(1 for d in self.decodes if d.temperature > 0)
 
 
 @contextlib.contextmanager
@@ -87,13 +109,14 @@ def _recording(model: whisper.Whisper):
     original = model.decode
 
     def decode(mel, options=whisper.DecodingOptions(), **kwargs):
-        record = DecodeRecord()
+        record = DecodeRecord(mel=mel.detach().to(torch.float32).cpu().numpy().reshape(mel.shape[-2:]),
+                              options=options)
         records.append(record)
         result = original(mel, options, **kwargs)
         single = result[0] if isinstance(result, list) else result
         record.tokens, record.text = list(single.tokens), single.text
         record.avg_logprob, record.no_speech_prob = single.avg_logprob, single.no_speech_prob
-        record.compression_ratio = single.compression_ratio
+        record.compression_ratio, record.temperature = single.compression_ratio, single.temperature
         return result
 
     def hook(module, args, logits):
@@ -112,15 +135,22 @@ def _recording(model: whisper.Whisper):
 
 
 def transcribe_with(model: whisper.Whisper, samples: np.ndarray, encoder: nn.Module,
-                    progress: bool = True) -> Transcript:
-    """`whisper.transcribe` with `encoder` in place of `model.encoder`; greedy, temperature 0."""
+                    progress: bool = True, temperature: float | tuple = GREEDY, seed: int = 0) -> Transcript:
+    """`whisper.transcribe` with `encoder` in place of `model.encoder`, on the model's device, in float32.
+
+    `temperature` GREEDY decodes greedily at temperature 0; DEFAULT_TEMPERATURES is openai-whisper's
+    default fallback (sampling seeded with `seed`, the same for every encoder). Prompts
+    (condition_on_previous_text) and timestamps are openai-whisper's defaults either way.
+    """
     original = model.encoder
     timed = _Timed(encoder)
     model.encoder = timed
+    torch.manual_seed(seed)
     try:
-        with _recording(model) as records:
+        with _recording(model) as records, tf32(False):
             start = time.perf_counter()
-            result = whisper.transcribe(model, samples, temperature=0.0, fp16=False,
+            result = whisper.transcribe(model, samples, temperature=temperature, fp16=False,
+                                        no_speech_threshold=NO_SPEECH_THRESHOLD, logprob_threshold=LOGPROB_THRESHOLD,
                                         language="en" if not model.is_multilingual else None,
                                         verbose=False if progress else None)
             seconds = time.perf_counter() - start
@@ -128,7 +158,7 @@ def transcribe_with(model: whisper.Whisper, samples: np.ndarray, encoder: nn.Mod
         model.encoder = original
     segments = [{key: seg[key] for key in ("id", "seek", "start", "end", "text", "avg_logprob",
                                            "compression_ratio", "no_speech_prob")} for seg in result["segments"]]
-    return Transcript(result["text"].strip(), segments, records, seconds, timed.seconds, timed.calls)
+    return Transcript(result["text"].strip(), segments, records, seconds, timed.seconds, timed.calls, temperature)
 
 
 def max_encoder(runner: Candidate, perturb=None) -> DropInEncoder:
@@ -162,8 +192,9 @@ def compare_transcripts(model: whisper.Whisper, reference: Transcript, candidate
     }
     if truth is not None:
         truth_norm = normalize(truth)
-        out["truth"] = {"text": truth, "wer_reference": error_rates(truth_norm, ref_norm)["wer"],
-                        "wer_candidate": error_rates(truth_norm, cand_norm)["wer"]}
+        ref_truth, cand_truth = error_rates(truth_norm, ref_norm), error_rates(truth_norm, cand_norm)
+        out["truth"] = {"text": truth, "wer_reference": ref_truth["wer"], "wer_candidate": cand_truth["wer"],
+                        "cer_reference": ref_truth["cer"], "cer_candidate": cand_truth["cer"]}
     return out
 
 
@@ -248,3 +279,60 @@ def _segments(reference: list[dict], candidate: list[dict]) -> list[dict]:
 
 def _round(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
+
+def decoding_as_users_run_it(model: whisper.Whisper, samples: np.ndarray, encoder: nn.Module,
+                             greedy: Transcript | None = None) -> tuple[Transcript, Transcript]:
+    """(greedy temperature 0, openai-whisper's defaults) transcripts of one encoder.
+
+    The defaults start every window at temperature 0 with the same options, so when no
+    window falls back to a higher temperature both are the same run and it is done once.
+    """
+    default = transcribe_with(model, samples, encoder, progress=False, temperature=DEFAULT_TEMPERATURES)
+    if greedy is None:
+        greedy = default if not default.fallbacks else transcribe_with(model, samples, encoder, progress=False)
+    return greedy, default
+
+
+def compare_defaults(model: whisper.Whisper, reference: Transcript, candidate: Transcript,
+                     truth: str | None) -> dict:
+    """The defaults-decoding transcripts of both sides, their WER/CER and their fallbacks."""
+    normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()
+    ref_norm, cand_norm = normalize(reference.text), normalize(candidate.text)
+    out = {"temperatures": list(DEFAULT_TEMPERATURES), "condition_on_previous_text": True,
+           "reference_text": reference.text, "candidate_text": candidate.text,
+           "identical": reference.text == candidate.text, **error_rates(ref_norm, cand_norm),
+           "fallbacks": {"reference": reference.fallbacks, "candidate": candidate.fallbacks}}
+    if truth is not None:
+        truth_norm = normalize(truth)
+        out["truth"] = {f"{rate}_{side}": value for side, norm in (("reference", ref_norm), ("candidate", cand_norm))
+                        for rate, value in error_rates(truth_norm, norm).items()}
+    return out
+
+
+def end_to_end(model: whisper.Whisper, checkpoint, samples: np.ndarray, encode: Encode, truth: str | None,
+               device: str = "cpu", dtype: str = "float32") -> dict:
+    """The whole end-to-end comparison of a candidate `encode(mel) -> features` with openai-whisper.
+
+    `model` is openai-whisper on `device` (the decoder every side shares). Greedy and
+    default-decoding transcripts of both sides, then teacher forcing over the greedy
+    reference transcript with the candidate and with openai-whisper's encoder in `dtype`
+    on `device` (the floor). A clip with no speech is refused before the candidate runs.
+    """
+    encode = memoized(encode)
+    log.info("transcribing %.1f s with openai-whisper's encoder", len(samples) / whisper.audio.SAMPLE_RATE)
+    ref_greedy, ref_default = decoding_as_users_run_it(model, samples, model.encoder)
+    windows = reference_windows(ref_greedy.decodes)
+    log.info("transcribing with the candidate encoder")
+    cand_greedy, cand_default = decoding_as_users_run_it(model, samples, DropInEncoder(encode))
+    result = compare_transcripts(model, ref_greedy, cand_greedy, truth)
+    result["defaults"] = compare_defaults(model, ref_default, cand_default, truth)
+    try:
+        floor, reason = torch_encoder(checkpoint, dtype, device), None
+    except FidelityError as exc:  # e.g. no CUDA device for torch: a limit, reported
+        floor, reason = None, str(exc)
+    result["teacher"] = teacher_forced(model, windows, torch_encoder(checkpoint, "float64", "cpu"), encode,
+                                       floor, dtype, reason)
+    result["teacher"]["floor_encoder"] = f"openai-whisper encoder, {dtype} on {device}, TF32 off"
+    return result
+

@@ -8,7 +8,9 @@ floor moves by up to 6x between CPUs (`python -m fidelity.floor_spread`), so a
 floor ratio is never compared with one recorded on another machine. Prints each tap
 that got worse and by how much. Exit 0 when nothing regressed, 1 on a regression,
 2 on unusable input (a missing or corrupt file, another model, another tap list),
-3 on a crash. `--update` rewrites the baseline from the report, deliberately.
+3 on a crash. `--update` rewrites the baseline from the report, deliberately. When the
+baseline has one (an --e2e report), the teacher-forced KL ratio is checked against its
+budget (`fidelity.tolerances.KL_RATIO_BUDGET`) in the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
 from .report.files import write_text_atomic
-from .tolerances import GATE_TOLERANCES, badness
+from .tolerances import GATE_TOLERANCES, badness, kl_ratio_budget
 
 log = logging.getLogger("fidelity.gate")
 
@@ -54,6 +56,7 @@ def baseline_from_report(report: dict) -> dict:
         "audio": _clip_name(report),
         "reference_platform": report.get("reference_platform"),
         "taps": [{"name": row["name"], **{key: row.get(key) for key in GATE_TOLERANCES}} for row in report["taps"]],
+        **teacher_baseline(report),
     }
 
 
@@ -102,6 +105,29 @@ def _over_budget(row: dict) -> list[dict]:
              "limit": budget, "worse_by": math.inf if ratio is None else ratio - budget, "budget": True}]
 
 
+def teacher_baseline(report: dict) -> dict:
+    """The teacher-forced KL ratio a baseline keeps (nothing when the report has none)."""
+    teacher = (report.get("e2e") or {}).get("teacher")
+    return {"teacher": {"kl_ratio": teacher["kl_ratio"]}} if teacher else {}
+
+
+def check_teacher(baseline: dict, report: dict) -> list[dict]:
+    """A regression when the report's teacher-forced KL ratio grew past its budget (`KL_RATIO_BUDGET`; past
+    the baseline's own ratio where that was over budget already), or is missing where the baseline has one.
+
+    The budget, not a factor on the baseline: the ratio moves ~3x between CPUs with and without AVX-512.
+    """
+    before = (baseline.get("teacher") or {}).get("kl_ratio")
+    if before is None:
+        return []
+    after = ((report.get("e2e") or {}).get("teacher") or {}).get("kl_ratio")
+    limit = max(kl_ratio_budget(report["dtype"]), before)
+    if after is not None and after <= limit:
+        return []
+    return [{"tap": "e2e.teacher", "statistic": "kl_ratio", "baseline": before, "report": after, "limit": limit,
+             "worse_by": math.inf if after is None else after - before}]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m fidelity.gate", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +153,7 @@ def _gate(args: argparse.Namespace) -> int:
         log.info("baseline %s rewritten from %s (%d taps)", args.baseline, args.report, len(report["taps"]))
         return EXIT_OK
     baseline = read_json(args.baseline, "baseline")
-    regressions = check(baseline, report)
+    regressions = check(baseline, report) + check_teacher(baseline, report)
     platforms = (baseline.get("reference_platform"), report.get("reference_platform"))
     if platforms[0] != platforms[1]:
         log.info("reference kernels differ from the baseline's (%s vs %s): noise-floor ratios are checked "

@@ -80,8 +80,7 @@ def format_e2e(e2e: dict) -> str:
              f"  WER {e2e['wer']:.3f}, CER {e2e['cer']:.3f} between them"
              + (" (identical)" if e2e["identical"] else "")]
     if "truth" in e2e:
-        lines.append(f"  against the ground truth: WER reference {e2e['truth']['wer_reference']:.3f}, "
-                     f"candidate {e2e['truth']['wer_candidate']:.3f}")
+        lines.append(_truth_line(e2e["truth"]))
     parting = e2e.get("first_parting")
     if parting:
         lines.append(f"  first parting: window {parting['window']}, token {parting['token_index']} after "
@@ -94,4 +93,66 @@ def format_e2e(e2e: dict) -> str:
         lines.append("  no speech detected on either side")
     for row in e2e.get("sensitivity", {}).get("rows", []):
         lines.append(f"  noise {row['level']:g} x RMS at {e2e['sensitivity']['tap']}: WER {row['wer']:.3f}")
+    if "defaults" in e2e:
+        lines += format_defaults(e2e["defaults"])
+    if "teacher" in e2e:
+        lines += format_teacher(e2e["teacher"])
     return "\n".join(lines)
+
+
+def _truth_line(truth: dict) -> str:
+    return (f"  against the ground truth: WER reference {truth['wer_reference']:.3f}, candidate "
+            f"{truth['wer_candidate']:.3f}; CER reference {truth['cer_reference']:.3f}, "
+            f"candidate {truth['cer_candidate']:.3f}")
+
+
+def format_defaults(defaults: dict) -> list[str]:
+    """Decoding as users run it: openai-whisper's default temperature fallback."""
+    lines = ["", "openai-whisper's default decoding (temperature fallback, conditioned on previous text):"]
+    if defaults["identical"]:
+        lines.append(f"  both: {defaults['reference_text'] or '(no speech)'}")
+    else:
+        lines += [f"  reference: {defaults['reference_text'] or '(no speech)'}",
+                  f"  candidate: {defaults['candidate_text'] or '(no speech)'}"]
+    lines.append(f"  WER {defaults['wer']:.3f}, CER {defaults['cer']:.3f} between them"
+                 + (" (identical)" if defaults["identical"] else "")
+                 + f"; windows retried at a higher temperature: reference {defaults['fallbacks']['reference']}, "
+                 f"candidate {defaults['fallbacks']['candidate']}")
+    if "truth" in defaults:
+        lines.append(_truth_line(defaults["truth"]))
+    return lines
+
+
+def format_teacher(teacher: dict) -> list[str]:
+    """The teacher-forced comparison: candidate and floor KL, the ratio and its verdict, the flips."""
+    cand, floor = teacher["candidate"], teacher["floor"]
+    lines = ["", f"teacher forced (openai-whisper's decoder over the reference transcript, {cand['tokens']} tokens "
+             f"in {len(teacher['windows'])} window(s); KL against openai-whisper's float64 encoder):",
+             "  " + _side_line("candidate", cand)]
+    if floor.get("computed", True):
+        lines.append("  " + _side_line("floor", floor))
+    else:
+        lines.append(f"  floor: not computed ({floor['reason']})")
+    if teacher["kl_ratio"] is None:
+        lines.append(f"  KL ratio: not computed ({teacher.get('reason', '')})")
+    else:
+        p99 = f" (p99 {teacher['kl_ratio_p99']:.2f})" if teacher["kl_ratio_p99"] is not None else ""
+        lines.append(f"  KL ratio {teacher['kl_ratio']:.2f}{p99}, budget {teacher['budget']:g}: "
+                     f"{teacher['verdict'].upper() if teacher['verdict'] != 'ok' else 'ok'}")
+    for flip in cand["flips"][:8]:
+        noise = ("no floor to judge it" if flip["near_tie"] is None else
+                 "a near tie, within noise" if flip["near_tie"] else "NOT a near tie")
+        lines.append(f"  flip: window {flip['window']}, token {flip['token_index']} after {flip['context'][-40:]!r}: "
+                     f"reference {flip['reference_token']!r}, candidate {flip['side_token']!r}, margin "
+                     f"{_num(flip['margin'], '.3g')} nats, floor moved it {_num(flip['floor_movement'], '.3g')}: "
+                     f"{noise}")
+    if len(cand["flips"]) > 8:
+        lines.append(f"  ... {len(cand['flips']) - 8} more flips in report.json")
+    return lines
+
+
+def _side_line(name: str, stats: dict) -> str:
+    smallest = stats["smallest_flip_margin"]
+    return (f"{name}: mean KL {stats['kl_mean']:.3g}, p99 {stats['kl_p99']:.3g}, top-1 agreement "
+            f"{100 * stats['top1_agreement']:.2f}%, {stats['flip_count']} flip(s)"
+            + (f", smallest flipped margin {smallest:.3g} nats" if smallest is not None else ""))
