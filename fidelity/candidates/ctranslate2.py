@@ -117,8 +117,8 @@ def _model_files(checkpoint: Checkpoint, model_dir: str | Path | None):
                             "give one with a builder returning CTranslate2Candidate(checkpoint, config, model_dir=DIR)")
     source = " + ".join(packaged.pip_names())
     folder = packaged.model_dir()
-    if folder is not None:
-        return str(folder), None, ct2.read_model_bin(folder / "model.bin"), str(folder)
+    if folder is not None:  # CTranslate2 reads the folder itself; the bytes are parsed for the weight check
+        return str(folder), None, ct2.parse_model_bin(packaged.model_bin(), source), str(folder)
     files = packaged.files()
     return f"{checkpoint.name} from {source}", files, ct2.parse_model_bin(files["model.bin"], source), source
 
