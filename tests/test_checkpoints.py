@@ -127,3 +127,20 @@ def test_every_unmapped_variable_is_named():
     with pytest.raises(FidelityError, match="7 CTranslate2 variables with no openai-whisper counterpart: "
                                             + ", ".join(sorted(extra))):
         ct2.to_whisper_state(variables)
+
+
+def test_packaged_model_files_are_checked():
+    from fidelity.checkpoints import PACKAGED, PackagedModel
+
+    tiny = PACKAGED["tiny.en"]
+    assert tiny.model_dir() == CT2_MODEL.parent
+    assert tiny.model_bin() == CT2_MODEL.read_bytes()  # its sha256 matches the pinned package
+    other = dataclasses.replace(tiny, sha256="0" * 64)
+    with pytest.raises(FidelityError, match="hold a different model.bin"):
+        other.model_bin()
+    missing = PackagedModel(parts=(("fidelity_absent_part1", "model.bin.part1"),
+                                   ("fidelity_absent_part2", "model.bin.part2")),
+                            folder=("fidelity_absent_part1", "data"), sha256="0" * 64)
+    assert missing.model_dir() is None
+    with pytest.raises(FidelityError, match="pip install fidelity-absent-part1 fidelity-absent-part2"):
+        missing.files()
