@@ -12,7 +12,6 @@ measurement behind the CTranslate2 figures.
 from __future__ import annotations
 
 import sys
-import time
 
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
@@ -48,30 +47,28 @@ def _run(args) -> int:
         model = checkpoint.whisper_model()
         reference = transcribe_with(model, clip.samples, model.encoder, progress=False)
         normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()
-    rows = [("openai-whisper float32", compare(floor, truth, floor), None, None)]
+    rows = [("openai-whisper float32", compare(floor, truth, floor), None)]
     for builder in (build, build_int8):
         candidate = builder(checkpoint, CandidateConfig())
-        start = time.perf_counter()
         stats = compare(candidate.encode(mel), truth, floor)
-        seconds = time.perf_counter() - start
         text = None
         if args.e2e:
             text = transcribe_with(model, clip.samples, DropInEncoder(candidate.encode), progress=False).text
-        rows.append((f"{candidate.name} ({candidate.describe()['compute_type']})", stats, seconds, text))
+        rows.append((f"{candidate.name} ({candidate.describe()['compute_type']})", stats, text))
         candidate.close()
     print(f"{checkpoint.summary()}; {clip.source}; ln_post against openai-whisper float64")
-    print(f"{'encoder':34} {'cosine':>14} {'rel_l2':>9} {'floor_x':>9} {'max_abs':>9} {'seconds':>8}"
+    print(f"{'encoder':34} {'cosine':>14} {'rel_l2':>9} {'floor_x':>9} {'max_abs':>9}"
           + ("  same_text  wer" if args.e2e else ""))
-    for name, stats, seconds, text in rows:
+    for name, stats, text in rows:
         line = (f"{name:34} {stats.cosine:14.10f} {stats.rel_l2:9.2e} {stats.noise_floor_ratio:9.2f} "
-                f"{stats.max_abs:9.2e} {'' if seconds is None else f'{seconds:8.2f}':>8}")
+                f"{stats.max_abs:9.2e}")
         if args.e2e and text is not None:
             wer = error_rates(normalize(reference.text), normalize(text))["wer"]
             line += f"  {str(text == reference.text):9}  {wer:.3f}"
         print(line)
     if args.e2e:
         print(f"openai-whisper: {reference.text}")
-        for name, _, _, text in rows[1:]:
+        for name, _, text in rows[1:]:
             if text != reference.text:
                 print(f"{name}: {text}")
     return EXIT_OK
