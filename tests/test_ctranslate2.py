@@ -89,3 +89,9 @@ def test_refusals_are_one_line(tiny, small):
         build_int8(tiny, CandidateConfig(dtype="float16"))
     with pytest.raises(FidelityError, match="not a CTranslate2 model folder"):
         CTranslate2Candidate(tiny, CandidateConfig(), model_dir=audio.DATA_DIR)
+
+
+def test_other_head_count_is_refused(tiny):
+    dims = dataclasses.replace(tiny.dims, n_audio_head=4)  # same shapes, other attention
+    with pytest.raises(FidelityError, match=r"another encoder: n_audio_head 6 \(checkpoint 4\)"):
+        build(dataclasses.replace(tiny, dims=dims), CandidateConfig())

@@ -125,7 +125,13 @@ def _model_files(checkpoint: Checkpoint, model_dir: str | Path | None):
 
 def _check_same_weights(checkpoint: Checkpoint, variables: dict[str, np.ndarray], source: str) -> None:
     """Refuse unless every encoder tensor of the checkpoint, rounded to the file's dtype, is the file's."""
-    _, state = ct2.to_whisper_state(variables)
+    dims, state = ct2.to_whisper_state(variables)
+    encoder_dims = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
+    other = [f"{key} {dims[key]} (checkpoint {getattr(checkpoint.dims, key)})" for key in encoder_dims
+             if dims[key] != getattr(checkpoint.dims, key)]
+    if other:
+        raise FidelityError(f"{checkpoint.name}: the CTranslate2 model {source} has another encoder: "
+                            f"{', '.join(other)}")
     mine = checkpoint.encoder_weights  # float32: exact for float16 and bfloat16 checkpoints
     theirs = {key: value for key, value in state.items() if key.startswith("encoder.")}
     if set(mine) != set(theirs):
