@@ -50,10 +50,9 @@ def reference(base, mel):
 @pytest.fixture(scope="module")
 def max_candidate(base):
     """The clean built-in MAX candidate (the one place these tests build it)."""
-    from fidelity.faults import faulty_candidate
-    from fidelity.runners.max_graph import CandidateConfig as MaxConfig
+    from fidelity.candidates.max_builtin import BuiltinCandidate
 
-    return faulty_candidate(base, None, MaxConfig())
+    return BuiltinCandidate(base, CandidateConfig())
 
 
 def test_base_is_the_multilingual_whisper_base(base):
