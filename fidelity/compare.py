@@ -1,8 +1,8 @@
 """`python -m fidelity.compare`: a candidate encoder against openai-whisper, tap by tap.
 
 Runs the candidate (the built-in MAX encoder, or `--candidate PATH.py:NAME`) and
-openai-whisper (float64 for the truth, the candidate's precision for the noise
-floor) on the same log-mel windows, prints a per-tap table and writes
+openai-whisper (float64 for the truth; the candidate's precision for the
+noise floor) on the same log-mel windows, prints a per-tap table and writes
 report.json/report.csv (and, with --dump, every compared tensor).
 
 Exit status: 0 when every selected tap is within budget, 1 when one is not (or, with
