@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,17 @@ def test_builtin_float32_candidate_is_within_budget_and_a_fault_is_not(runs):
     code, path = runs["fault"]
     teacher = json.loads(path.read_text())["e2e"]["teacher"]
     assert code == 1 and teacher["verdict"] == "over_budget" and teacher["kl_ratio"] > teacher["budget"]
+
+
+def test_any_candidate_through_the_command_identical_to_the_floor_gives_ratio_one(tmp_path):
+    """A non-MAX candidate (openai-whisper float32 behind the candidate protocol) is the floor's own
+    arithmetic: teacher forcing gives it exactly the floor's KL at every token."""
+    spec = f"{Path(__file__).parent / 'protocol_candidates.py'}:black_box"
+    out = tmp_path / "o"
+    assert compare_main(["--candidate", spec, "--e2e", "--layer", "encoder.ln_post", "--out", str(out), "-q"]) == 0
+    teacher = json.loads((out / "report.json").read_text())["e2e"]["teacher"]
+    assert teacher["kl_ratio"] == 1.0 and teacher["verdict"] == "ok" and teacher["candidate"]["kl_mean"] > 0
+    assert all(w["candidate"]["kl"] == w["floor"]["kl"] for w in teacher["windows"])
 
 
 def test_gate_reads_the_kl_ratio(tmp_path, runs, capsys):
