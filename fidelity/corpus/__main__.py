@@ -108,6 +108,10 @@ def _sweep(args: argparse.Namespace) -> int:
     configs = build_configurations(args.model, candidates, [d.strip() for d in args.dtypes.split(",") if d.strip()],
                                    args.device, not args.no_isolate, args.e2e)
     ensure_replaceable(args.out, MARKER)
+    if args.address:
+        from .engine import check_reachable
+
+        check_reachable(args.address)  # before hashing a corpus, not after
     rows_dir = args.out / rowstore.ROWS_DIR
     done = rowstore.done_keys(rows_dir, args.retry_errors)
     run_id = rowstore.new_run_id()
@@ -141,7 +145,9 @@ def _sweep(args: argparse.Namespace) -> int:
             options = engine.RayOptions(address=args.address, device=args.device, workers=args.workers,
                                         cpus_per_worker=args.cpus_per_worker, object_store_mb=args.object_store_mb,
                                         verbose=args.verbose)
+            ray_began = time.perf_counter()
             resources = engine.start(options)  # a Ray address that does not answer: exit 2, nothing written
+            meta["ray_start_s"] = round(time.perf_counter() - ray_began, 2)
         _write_meta(args.out, {**meta, "status": "running"})
         begun = True
         for _, _, stub, problem in unreadable:

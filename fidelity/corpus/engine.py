@@ -59,7 +59,7 @@ def start(options: RayOptions) -> dict:
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": options.verbose,
               "configure_logging": True}
     if options.address:
-        _check_reachable(options.address)
+        check_reachable(options.address)
         kwargs["address"] = options.address
     else:
         kwargs["object_store_memory"] = options.object_store_mb * 2 ** 20
@@ -117,7 +117,8 @@ def stop() -> None:
         ray.shutdown()
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
+    """A cluster address that does not accept a connection within CONNECT_TIMEOUT_S: FidelityError."""
     if address in ("auto", "local"):
         return
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
