@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
+    _interrupt_on_signals()
     return run_main("corpus", lambda: _sweep(args))
+
+
+def _interrupt_on_signals() -> None:
+    """SIGTERM (a scheduler's stop) and SIGINT interrupt the sweep: rows done so far are kept, exit 130.
+
+    SIGINT is set explicitly because a shell starts background jobs with it ignored."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
 
 
 def _entries(sources: list[Path]) -> list[ClipEntry]:
@@ -148,6 +161,7 @@ def _sweep(args: argparse.Namespace) -> int:
             ray_began = time.perf_counter()
             resources = engine.start(options)  # a Ray address that does not answer: exit 2, nothing written
             meta["ray_start_s"] = round(time.perf_counter() - ray_began, 2)
+            _interrupt_on_signals()  # again: Ray's start replaces the SIGTERM handler with one that aborts
         _write_meta(args.out, {**meta, "status": "running"})
         begun = True
         for _, _, stub, problem in unreadable:
@@ -157,6 +171,11 @@ def _sweep(args: argparse.Namespace) -> int:
             stats = engine.run(tasks, len(plan), configs, options, resources, writer.add)
             workers = [vars(s) for s in stats]
         status = "complete"
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         writer.close()
         if plan:

@@ -7,7 +7,8 @@ nothing is reused). For each: rows per minute over the whole command and in stea
 state (between the first and the last finished row), the medians of each row's
 timings, Ray's start-up, each worker's start-up and model/graph loading (once per
 worker), and the peak resident memory of the whole process tree (driver, Ray's
-processes and workers) sampled every 0.5 s. Writes bench.json.
+processes and workers) sampled every 0.5 s, and its CPU time per row (which other
+work on a shared machine does not inflate, unlike wall time). Writes bench.json.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class TreeMemory:
 
     def __init__(self, pid: int, every: float = 0.5):
         self.pid, self.every, self.peak, self.peak_processes = pid, every, 0, 0
+        self.cpu: dict[int, float] = {}  # pid -> user + system seconds, last seen
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -54,6 +56,8 @@ class TreeMemory:
             for proc in procs:
                 try:
                     total += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = max(self.cpu.get(proc.pid, 0.0), times.user + times.system)
                 except psutil.NoSuchProcess:
                     pass
             if total > self.peak:
@@ -97,6 +101,10 @@ def sweep_once(sources: list[Path], out: Path, extra: list[str]) -> dict:
                      "setup": {k: {n: round(v, 3) for n, v in t.items()} for k, t in w["setup"].items()}}
                     for w in meta["workers"]],
         "peak_rss_tree_gib": round(peak / 2 ** 30, 2), "processes_at_peak": memory.peak_processes,
+        # CPU time of the whole tree (sampled, so a process's last half second may be missing): what a row costs
+        # whatever else the machine is doing
+        "cpu_s_tree": round(sum(memory.cpu.values()), 1),
+        "cpu_s_per_row": round(sum(memory.cpu.values()) / max(len(rows), 1), 2),
         "summary": stdout.strip().splitlines(),
     }
 

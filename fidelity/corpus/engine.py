@@ -197,7 +197,10 @@ def run(tasks: Iterable[tuple[ClipInput, Configuration, dict]], total: int, conf
 
     starting = [spawn() for _ in range(count)]
     for (actor, began, ready), record in zip(starting, stats):
-        info = ray.get(ready)  # a worker that cannot even start (imports) is a failure of the whole sweep
+        try:
+            info = ray.get(ready)
+        except (RayActorError, RayTaskError) as exc:  # a worker that cannot even start fails the whole sweep
+            raise FidelityError(f"a Ray worker could not start: {str(exc).splitlines()[0]}") from None
         record.worker, record.setup = info["worker"], info["setup"]
         record.start_s = time.perf_counter() - began
         record.setup_s = sum(v for t in info["setup"].values() for k, v in t.items() if k.endswith("_s"))
@@ -218,7 +221,9 @@ def run(tasks: Iterable[tuple[ClipInput, Configuration, dict]], total: int, conf
     for slot in free:
         submit(slot)
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
+        if not done:
+            continue
         ref = done[0]
         slot, actor, stub = pending.pop(ref)
         try:
