@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray workers (default: one per GPU with --device gpu; on CPUs, the CPUs divided "
                              "by --cpus-per-worker)")
     parser.add_argument("--cpus-per-worker", type=int, default=None,
-                        help="CPUs (threads) per CPU worker (default: all of a local machine's, 2 on a cluster)")
+                        help="CPUs (threads) per worker (default: all of a local machine's, 2 on a cluster; "
+                             "with --device gpu, the CPUs divided by the GPUs)")
     parser.add_argument("--object-store-mb", type=int, default=128,
                         help="object store of a local Ray instance, MiB (default 128: clips are small)")
     parser.add_argument("--flush-every", type=int, default=10, help="rows per Parquet part (default 10)")
@@ -146,7 +147,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     meta = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": args.model, "source": ", ".join(map(str, args.sources)), "clips": len(entries),
-            "configurations": [c.describe() for c in configs], "command": " ".join(sys.argv), "run_id": run_id}
+            "configurations": [c.describe() for c in configs], "run_id": run_id,
+            "command": " ".join(["python -m fidelity.corpus", *sys.argv[1:]])}
     writer = _RowWriter(rows_dir, run_id, args.flush_every, len(plan) + len(unreadable))
     workers = []
     resources = None

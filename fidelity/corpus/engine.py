@@ -4,9 +4,10 @@ Locally (`address=None`) Ray starts inside this process with no setup, a small
 object store and as many CPUs as the machine has; `address` joins a running cluster
 (its nodes need fidelity installed; clips travel as bytes, so no shared filesystem is
 needed). CPU workers take `cpus_per_worker` CPUs each (that many threads for torch and
-MAX); GPU workers take one GPU each. Each worker keeps two clips queued so it never
-waits for the driver. A worker that dies yields an error row for its clip and is
-replaced.
+MAX); GPU workers take one GPU each and a share of the CPUs, since openai-whisper's
+float64 truth, the statistics and the e2e decoder run on the CPU whatever the device.
+Each worker keeps two clips queued so it never waits for the driver. A worker that
+dies yields an error row for its clip and is replaced.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def plan_workers(options: RayOptions, resources: dict) -> tuple[int, dict]:
         if gpus == 0:
             raise FidelityError("--device gpu: the Ray cluster has no GPUs")
         count = min(options.workers or gpus, gpus)
-        return count, {"num_gpus": 1, "num_cpus": options.cpus_per_worker or 1}
+        # the float64 reference, the metrics and the e2e decoder run on CPUs even for a GPU candidate
+        cpus = max(1, int(resources.get("CPU", 1)) // gpus)
+        return count, {"num_gpus": 1, "num_cpus": options.cpus_per_worker or cpus}
     cpus = int(resources.get("CPU", 1))
     per = options.cpus_per_worker or (cpus if not options.address else 2)
     per = max(1, min(per, cpus))

@@ -147,13 +147,19 @@ def render_html(summary: dict, rows: pd.DataFrame) -> str:
         parts.append(f"<h2>{_e(config['label'])}</h2>")
         parts.append(_img(plt, _stage_plot(plt, part, config["label"])))
         parts.append(_img(plt, _distribution_plot(plt, part)))
+    worst = [{"clip": r["clip_id"], "configuration": f"{r['candidate']}/{r['dtype']}/{r['device']}",
+              **{k: r.get(k) for k in _WORST_SHOWN}} for r in summary["worst"]]
     parts += ["<h2>Worst clips</h2>", "<p class='note'>ranked by their worst stage-output noise-floor ratio in "
-              "isolation (chained where isolation did not run)</p>", _table(summary["worst"])]
+              "isolation (chained where isolation did not run); every column in worst.csv</p>", _table(worst)]
     if summary["errors"]:
         parts += [f"<h2>Errors ({len(summary['errors'])})</h2>", _table(summary["errors"])]
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fidelity corpus sweep</title>"
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+_WORST_SHOWN = ("first_divergence", "worst_local_tap", "worst_local_floor_ratio", "worst_tap", "worst_floor_ratio",
+                "ln_post_cosine", "transcripts_identical", "wer_vs_reference", "first_parting_token")
 
 
 def _e(text) -> str:
