@@ -1,7 +1,9 @@
 """The corpus sweep's aggregate report: summary.json, worst.csv, errors.csv and report.html.
 
 Per configuration: how many clips hold (no stage over budget in isolation, and the
-same transcript where transcribed), where the others first diverge, the distribution
+same transcript where transcribed), where the others first diverge, how many have a
+stage output over budget when chained (error inherited and amplified, not a stage's
+own), the distribution
 of each stage output's noise-floor ratio across clips, the encoder output's figures,
 error rates, and the worst clips with their first divergence. The HTML page is
 self-contained (plots embedded), like the per-run report.
@@ -43,6 +45,7 @@ def _config_summary(part: pd.DataFrame) -> dict:
     summary = {
         "clips": int(len(part)), "ok": int(len(good)), "errors": int((part["status"] != "ok").sum()),
         "holds": int(holds.sum()), "diverged": int(diverged.sum()),
+        "over_budget_chained": int(good["first_divergence_chained"].notna().sum()),
         "first_divergence": {str(k): int(v) for k, v in good["first_divergence"].value_counts().items()},
         "ln_post_cosine": _quantiles(good["ln_post_cosine"], low=True),
         "ln_post_floor_ratio": _quantiles(good["ln_post_floor_ratio"]),
@@ -174,13 +177,15 @@ def _meta(summary: dict) -> str:
 
 
 def _config_table(summary: dict) -> str:
-    head = ["configuration", "clips", "ok", "errors", "hold", "diverged", "first divergence (count)",
+    head = ["configuration", "clips", "ok", "errors", "hold", "diverged", "over budget chained",
+            "first divergence (count)",
             "ln_post floor x median", "worst floor x max", "transcripts identical"]
     body = []
     for c in summary["configurations"]:
         firsts = ", ".join(f"{k} ({v})" for k, v in c["first_divergence"].items()) or "none"
         e2e = c.get("e2e")
-        cells = [c["label"], c["clips"], c["ok"], c["errors"], c["holds"], c["diverged"], firsts,
+        cells = [c["label"], c["clips"], c["ok"], c["errors"], c["holds"], c["diverged"], c["over_budget_chained"],
+                 firsts,
                  _fmt(c["ln_post_floor_ratio"].get("median")), _fmt(c["worst_floor_ratio"].get("max")),
                  f"{e2e['transcripts_identical']}/{e2e['clips']}" if e2e else "-"]
         css = "good" if c["holds"] == c["clips"] else "bad"
