@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 INIT_TIMEOUT_S = 90.0
 LOCAL_START_ATTEMPTS = 3
+AGENT_TIMEOUT_MS = 120_000
 IN_FLIGHT_PER_WORKER = 2
 
 
@@ -82,6 +83,8 @@ def _init_local(kwargs: dict) -> None:
     """Start Ray here, in this thread (Ray ties the processes it starts to the life of the thread that started
     them). Ray gives its node 30 s to register, which a busy machine can exceed: try again, a bounded number of times.
     """
+    # The raylet gives its Python agents 15 s to come up before it aborts; on a loaded machine they need more.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         try:
             ray.init(**kwargs)
