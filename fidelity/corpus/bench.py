@@ -28,6 +28,7 @@ import psutil
 
 from .. import audio
 from ..cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from ..errors import FidelityError
 from ..report.files import ensure_writable_file, write_text_atomic
 from .make_synthetic import MANIFEST, generate
 from .rows import load_rows
@@ -80,9 +81,10 @@ def sweep_once(sources: list[Path], out: Path, extra: list[str]) -> dict:
     stdout, stderr = process.communicate()
     wall = time.perf_counter() - began
     peak = memory.stop()
-    if process.returncode not in (0, 1):
-        raise RuntimeError(f"sweep failed ({process.returncode}): {stderr[-2000:]}")
-    meta = json.loads((out / "corpus.json").read_text())
+    meta = json.loads((out / "corpus.json").read_text()) if (out / "corpus.json").is_file() else {}
+    if process.returncode not in (0, 1) or meta.get("status") != "complete":
+        raise FidelityError(f"the sweep did not complete (exit {process.returncode}, status "
+                            f"{meta.get('status')}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
     rows = load_rows(out / "rows")
     good = rows[rows["status"] == "ok"]
     finished = rows["finished_at"].sort_values().to_numpy()
