@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from ..errors import FidelityError
 from .configs import Configuration
@@ -227,14 +227,18 @@ def run(tasks: Iterable[tuple[ClipInput, Configuration, dict]], total: int, conf
     for slot in free:
         submit(slot)
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
+        try:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
+        except RayError as exc:  # Ray itself failed (its node died): stop, keeping every finished row
+            raise FidelityError(f"Ray failed during the sweep ({str(exc).splitlines()[0]}); finished rows are "
+                                "kept: run the same command again to resume") from None
         if not done:
             continue
         ref = done[0]
         slot, actor, stub = pending.pop(ref)
         try:
             row = ray.get(ref)
-        except (RayActorError, RayTaskError) as exc:
+        except RayError as exc:  # the worker died, or Ray lost the task: this clip's row says so
             message = f"worker failed: {str(exc).splitlines()[0]}"
             log.warning("clip %s: %s", stub.get("clip_id"), message)
             row = {"status": "error", "error": message, "error_phase": "worker"}
