@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sweep this folder or manifest instead of the shipped clips plus a generated set")
     parser.add_argument("--workers", type=int, default=None, help="passed to the sweep (default: its own)")
     parser.add_argument("--cpus-per-worker", type=int, default=None, help="passed to the sweep")
-    parser.add_argument("--no-e2e-only", action="store_true", help="skip the run with transcription")
+    parser.add_argument("--runs", default="stage,e2e",
+                        help="which sweeps: 'stage' (stage-boundary taps), 'e2e' (and transcription), or both "
+                             "(default stage,e2e)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench-corpus.json"), help="bench.json path")
     add_logging_flags(parser)
     return parser
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     ensure_writable_file(args.out)
+    runs = {r.strip() for r in args.runs.split(",") if r.strip()}
+    if not runs or runs - {"stage", "e2e"}:
+        raise FidelityError("--runs takes stage, e2e or stage,e2e")
     extra = []
     if args.workers:
         extra += ["--workers", str(args.workers)]
@@ -148,9 +153,10 @@ def _bench(args: argparse.Namespace) -> int:
         result = {"machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2 ** 30, 1),
                               "load_average_at_start": os.getloadavg()},
                   "sources": [str(s) for s in sources], "model": "tiny.en", "dtype": "float32", "device": "cpu"}
-        result["stage_taps"] = sweep_once(sources, tmp / "no-e2e", extra)
-        log.info("stage taps: %s", json.dumps(result["stage_taps"]))
-        if not args.no_e2e_only:
+        if "stage" in runs:
+            result["stage_taps"] = sweep_once(sources, tmp / "no-e2e", extra)
+            log.info("stage taps: %s", json.dumps(result["stage_taps"]))
+        if "e2e" in runs:
             result["stage_taps_e2e"] = sweep_once(sources, tmp / "e2e", [*extra, "--e2e"])
             log.info("with e2e: %s", json.dumps(result["stage_taps_e2e"]))
         result["machine"]["load_average_at_end"] = os.getloadavg()
