@@ -1,4 +1,4 @@
-"""The corpus sweep's aggregate report: summary.json, worst.csv, errors.csv and report.html.
+"""The corpus sweep's aggregate report: summary.json, worst.csv (the 15 worst), errors.csv and report.html.
 
 Per configuration: how many clips hold (no stage over budget in isolation, and the
 same transcript where transcribed), where the others first diverge, how many have a
@@ -116,7 +116,7 @@ def write_report(folder, rows: pd.DataFrame, configs: list[dict], context: dict)
     summary = {**context, **summarize(rows, configs)}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     good = rows[rows["status"] == "ok"]
-    _worst(good).to_csv(folder / "worst.csv", index=False)
+    _worst(good).head(WORST).to_csv(folder / "worst.csv", index=False)
     rows[rows["status"] != "ok"][["clip_id", "path", "candidate", "dtype", "device", "error_phase", "error"]] \
         .to_csv(folder / "errors.csv", index=False)
     (folder / "report.html").write_text(render_html(summary, rows))
