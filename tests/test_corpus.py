@@ -201,7 +201,25 @@ def test_e2e_and_a_fault_on_a_few_clips(corpus, tmp_path):
     assert (clean["wer_vs_reference"] == 0).all()
     assert (faulty["first_divergence"] == "blocks.0.attn").all()
     assert clean["wer_reference_vs_truth"].notna().all() and clean["cer_candidate_vs_truth"].notna().all()
-    assert clean["teacher_kl_mean"].isna().all()  # filled once fidelity.teacher exists
+    assert (clean["teacher_kl_mean"] >= 0).all() and clean["teacher_verdict"].isin(["ok", "not_computed"]).all()
+    assert (faulty["teacher_kl_mean"] > clean["teacher_kl_mean"].max()).all()
+
+
+def test_a_candidate_by_spec_that_is_not_max(corpus, tmp_path):
+    """CTranslate2's encoder (ln_post only, no patching) through the same sweep, without isolation."""
+    manifest = tmp_path / "two.jsonl"
+    lines = (corpus / "manifest.jsonl").read_text().splitlines()[:2]
+    manifest.write_text("\n".join(lines).replace('"path": "', f'"path": "{corpus}/') + "\n")
+    out = tmp_path / "ct2"
+    result = run_corpus(str(manifest), "--out", str(out), "--no-isolate",
+                        "--candidate", "fidelity.candidates.ctranslate2:build")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = load_rows(out / "rows")
+    assert len(rows) == 2 and (rows["status"] == "ok").all(), rows["error"].tolist()
+    assert (rows["ln_post_floor_ratio"] < 10).all() and (rows["ln_post_cosine"] > 0.99999).all()
+    refused = run_corpus(str(manifest), "--out", str(tmp_path / "o"), "--candidate", "no_such_module:build",
+                         timeout=120)
+    assert refused.returncode == 2 and not (tmp_path / "o").exists()
     summary = json.loads((out / "report" / "summary.json").read_text())
     by_label = {c["candidate"]: c for c in summary["configurations"]}
     assert by_label["max"]["holds"] == 3 and by_label["max:value_bias_dropped"]["holds"] == 0

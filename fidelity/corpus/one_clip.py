@@ -42,7 +42,11 @@ class ClipInput:
 
 
 def check_candidate(spec: str) -> None:
-    """Refuse, before any work, a candidate spec this adapter cannot build."""
+    """Refuse, before any work, a candidate spec this adapter cannot build.
+
+    `max` is the built-in MAX encoder, `max:FAULT` the same with a catalogued fault; anything
+    else is a builder spec (`PATH.py:NAME` or `module:NAME`), as `compare --candidate` takes.
+    """
     name, _, fault = spec.partition(":")
     if name == BUILTIN:
         if fault:
@@ -51,8 +55,23 @@ def check_candidate(spec: str) -> None:
             if fault not in FAULTS:
                 raise FidelityError(f"--candidate {spec}: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         return
-    raise FidelityError(f"--candidate {spec}: only the built-in candidate ('max' or 'max:FAULT') is wired into "
-                        "the corpus sweep until the candidate protocol (fidelity.candidates) reaches compare")
+    from ..candidates.loader import load_builder
+
+    load_builder(spec)
+
+
+def build_candidate(spec: str, checkpoint, config):
+    """The candidate a spec names (see `check_candidate`), on `config`'s device and dtype."""
+    from ..candidates.loader import build_candidate as build_from_spec
+    from ..candidates.max_builtin import BuiltinCandidate
+    from ..faults import faulty_candidate, get_fault
+
+    name, _, fault = spec.partition(":")
+    if name != BUILTIN:
+        return build_from_spec(spec, checkpoint, config)
+    if fault:
+        return faulty_candidate(checkpoint, get_fault(fault, checkpoint.dims), config)
+    return BuiltinCandidate(checkpoint, config)
 
 
 class ClipComparer:
@@ -77,9 +96,8 @@ class ClipComparer:
             raise
 
     def _build(self, config: Configuration) -> dict:
-        from ..faults import faulty_candidate, get_fault
+        from ..candidates.base import CandidateConfig
         from ..pipeline import References
-        from ..runners.max_graph import CandidateConfig
 
         timings = {}
         start = time.perf_counter()
@@ -87,21 +105,21 @@ class ClipComparer:
             self._checkpoints[config.model] = checkpoints.load_checkpoint(config.model)
         checkpoint = self._checkpoints[config.model]
         timings["checkpoint_s"] = time.perf_counter() - start
-        _, _, fault_name = config.candidate.partition(":")
-        fault = get_fault(fault_name, checkpoint.dims) if fault_name else None
         start = time.perf_counter()
-        candidate = faulty_candidate(checkpoint, fault, CandidateConfig(device=config.device, dtype=config.dtype))
+        candidate = build_candidate(config.candidate, checkpoint, CandidateConfig(config.device, config.dtype))
         timings["candidate_s"] = time.perf_counter() - start
-        timings["graph_compile_or_load_s"] = candidate.compile_seconds
+        timings["graph_compile_or_load_s"] = getattr(candidate, "compile_seconds", 0.0)
         start = time.perf_counter()
-        references = References(checkpoint, config.dtype, config.device)
+        references = References(checkpoint, candidate.floor_dtype, config.device)
         timings["references_s"] = time.perf_counter() - start
         model = None
         if config.e2e:
             start = time.perf_counter()
             model = checkpoint.whisper_model()
             timings["whisper_model_s"] = time.perf_counter() - start
-        taps = tapmod.select_taps(checkpoint.dims, ",".join(tapmod.stage_outputs(checkpoint.dims)))
+        wanted = tapmod.stage_outputs(checkpoint.dims)
+        has = set(candidate.available_taps())
+        taps = [t for t in tapmod.select_taps(checkpoint.dims, ",".join(wanted)) if t.name in has]
         self._prepared[config.key] = {"checkpoint": checkpoint, "candidate": candidate, "references": references,
                                       "model": model, "taps": taps}
         return timings
@@ -120,7 +138,7 @@ class ClipComparer:
             mel = audio.mel_windows(loaded, state["checkpoint"].dims.n_mels)
             row.update(seconds=loaded.seconds, windows=len(mel), load_s=time.perf_counter() - start)
             phase = "compare"
-            row.update(_stage_stats(state, mel, config.isolate))
+            row.update(_stage_stats(state, mel, config.isolate, loaded.samples))
             if config.e2e:
                 phase = "e2e"
                 row.update(_end_to_end(state, loaded, clip.text))
@@ -148,10 +166,11 @@ def _load(clip: ClipInput, allow_silent: bool):
     return audio.Clip(loaded.samples, clip.path)
 
 
-def _stage_stats(state: dict, mel, isolate: bool) -> dict:
-    from ..pipeline import compare_candidate
+def _stage_stats(state: dict, mel, isolate: bool, samples) -> dict:
+    from ..pipeline import compare_candidate, plan_for
 
-    comparison = compare_candidate(state["candidate"], state["references"], mel, state["taps"], isolate=isolate)
+    comparison = compare_candidate(state["candidate"], state["references"], mel,
+                                   plan_for(state["taps"], isolate=isolate), samples)
     stages = []
     for result in comparison.rows:
         stats = result.as_dict()
@@ -183,13 +202,12 @@ def _stage_stats(state: dict, mel, isolate: bool) -> dict:
 def _end_to_end(state: dict, clip, truth: str | None) -> dict:
     from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-    from ..e2e import compare_transcripts, error_rates, max_encoder, transcribe_with
+    from ..e2e import end_to_end, error_rates
 
     start = time.perf_counter()
-    model = state["model"]
-    reference = transcribe_with(model, clip.samples, model.encoder, progress=False)
-    candidate = transcribe_with(model, clip.samples, max_encoder(state["candidate"]), progress=False)
-    result = compare_transcripts(model, reference, candidate, truth)
+    model, candidate = state["model"], state["candidate"]
+    result = end_to_end(model, state["checkpoint"], clip.samples, candidate.encode, truth, candidate.device,
+                        candidate.floor_dtype)
     normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()
     out = {"reference_text": result["reference_text"], "candidate_text": result["candidate_text"],
            "transcripts_identical": result["identical"], "wer_vs_reference": result["wer"],
@@ -197,11 +215,13 @@ def _end_to_end(state: dict, clip, truth: str | None) -> dict:
            "first_parting_token": _parting(result.get("first_parting"))}
     if truth is not None:
         truth_norm = normalize(truth)
-        for side, text in (("reference", reference.text), ("candidate", candidate.text)):
+        for side, text in (("reference", result["reference_text"]), ("candidate", result["candidate_text"])):
             rates = error_rates(truth_norm, normalize(text))
             out[f"wer_{side}_vs_truth"], out[f"cer_{side}_vs_truth"] = rates["wer"], rates["cer"]
-    # Teacher-forced statistics (KL of the candidate's next-token distribution against the reference's,
-    # decoding the reference's tokens) come from fidelity.teacher once it is merged; until then null.
+    teacher = result["teacher"]
+    out.update(teacher_kl_mean=teacher["candidate"]["kl_mean"], teacher_kl_max=teacher["candidate"]["kl_max"],
+               teacher_kl_ratio=teacher.get("kl_ratio"), teacher_flips=teacher["candidate"]["flip_count"],
+               teacher_verdict=teacher.get("verdict"))
     out["e2e_s"] = time.perf_counter() - start
     return out
 
