@@ -50,7 +50,7 @@ class Configuration:
 def build_configurations(model: str, candidates: list[str], dtypes: list[str], device: str, isolate: bool,
                          e2e: bool) -> list[Configuration]:
     """Every (candidate, dtype) pair on `device`, in a stable order."""
-    from ..runners.max_stages import DTYPES
+    from ..candidates.max_builtin import DTYPES
 
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown or not dtypes:
