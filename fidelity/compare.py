@@ -142,8 +142,9 @@ def examine(candidate: Candidate | str | None = None, model: str = checkpoints.D
         candidate = make_candidate(checkpoint, candidate, CandidateConfig(device, dtype), options)
     plan = Plan(_plan_taps(candidate, selected), isolate=isolate, consistency=consistency, keep_errors=keep_errors)
     mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
-    comparison = compare_candidate(candidate, References(checkpoint, dtype, device), mel, plan, clip.samples)
-    doc = build_report(comparison, _context(checkpoint, clip, len(mel), device, dtype, layer))
+    references = References(checkpoint, candidate.floor_dtype, device)
+    comparison = compare_candidate(candidate, references, mel, plan, clip.samples)
+    doc = build_report(comparison, _context(checkpoint, clip, len(mel), device, candidate.dtype, layer))
     if e2e:
         doc["e2e"] = run_e2e(checkpoint, clip, candidate, None, None, [])
     return doc, comparison
@@ -215,8 +216,8 @@ def _compare(args: argparse.Namespace) -> int:
     check_plan(candidate, Plan(plan_taps, isolate=args.isolate))
     mel = audio.mel_windows(clip, checkpoint.dims.n_mels)
     log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))
-    references = References(checkpoint, args.dtype, args.device, tf32=args.tf32 == "on")
-    context = _context(checkpoint, clip, len(mel), args.device, args.dtype, args.layer,
+    references = References(checkpoint, candidate.floor_dtype, args.device, tf32=args.tf32 == "on")
+    context = _context(checkpoint, clip, len(mel), args.device, candidate.dtype, args.layer,
                        tf32=args.tf32 == "on", fault=args.fault, capture=args.capture, attention=args.attention,
                        command=" ".join(sys.argv))
     with contextlib.ExitStack() as stack:

@@ -25,7 +25,7 @@ from pathlib import Path
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from .errors import FidelityError
 from .report.files import write_text_atomic
-from .tolerances import GATE_TOLERANCES, badness, kl_ratio_budget
+from .tolerances import GATE_TOLERANCES, KL_NEGLIGIBLE, badness, kl_ratio_budget
 
 log = logging.getLogger("fidelity.gate")
 
@@ -120,9 +120,10 @@ def check_teacher(baseline: dict, report: dict) -> list[dict]:
     before = (baseline.get("teacher") or {}).get("kl_ratio")
     if before is None:
         return []
-    after = ((report.get("e2e") or {}).get("teacher") or {}).get("kl_ratio")
+    teacher = (report.get("e2e") or {}).get("teacher") or {}
+    after = teacher.get("kl_ratio")
     limit = max(kl_ratio_budget(report["dtype"]), before)
-    if after is not None and after <= limit:
+    if after is not None and (after <= limit or (teacher.get("candidate") or {}).get("kl_mean", 1.0) <= KL_NEGLIGIBLE):
         return []
     return [{"tap": "e2e.teacher", "statistic": "kl_ratio", "baseline": before, "report": after, "limit": limit,
              "worse_by": math.inf if after is None else after - before}]

@@ -144,6 +144,9 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
     always reads `mel`.
     """
     check_plan(candidate, plan)
+    if references.floor.dtype != candidate.floor_dtype:
+        raise FidelityError(f"the noise floor runs in {references.floor.dtype}, candidate {candidate.name} is judged "
+                            f"against {candidate.floor_dtype}: build References(checkpoint, candidate.floor_dtype)")
     dims = references.dims
     front = candidate.has_front_end
     if front and samples is None:
@@ -288,7 +291,7 @@ class _Window:
                floor_local: Arrays | None, recomputed: Arrays | None) -> None:
         start = time.perf_counter()
         truth, floor = sides["truth"], sides["floor"]
-        dtype = self.candidate.dtype
+        dtype = self.candidate.floor_dtype
         for tap in stage.taps:
             if tap.name not in self.wanted:
                 continue

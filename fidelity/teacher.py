@@ -39,7 +39,7 @@ from .checkpoints import Checkpoint
 from .errors import FidelityError
 from .runners.torch_ref import TorchRunner
 from .runners.torch_ref import _tf32 as tf32
-from .tolerances import kl_ratio_budget
+from .tolerances import KL_NEGLIGIBLE, kl_ratio_budget
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,13 @@ def judge(report: dict, dtype: str) -> dict:
     ratio = cand["kl_mean"] / floor["kl_mean"]
     p99 = cand["kl_p99"] / floor["kl_p99"] if floor["kl_p99"] > 0 else None
     outside = [f for f in cand["flips"] if not f["near_tie"]]
-    verdict = "over_budget" if ratio > budget else "flip_outside_noise" if outside else "ok"
-    return {"kl_ratio": ratio, "kl_ratio_p99": p99, "budget": budget, "verdict": verdict}
+    over = ratio > budget and cand["kl_mean"] > KL_NEGLIGIBLE
+    verdict = "over_budget" if over else "flip_outside_noise" if outside else "ok"
+    out = {"kl_ratio": ratio, "kl_ratio_p99": p99, "budget": budget, "verdict": verdict}
+    if ratio > budget and not over:
+        out["note"] = (f"mean KL {cand['kl_mean']:.2g} is below {KL_NEGLIGIBLE:g} nats per token: immaterial "
+                       "whatever its ratio to the floor")
+    return out
 
 
 def failed(teacher: dict | None) -> bool:

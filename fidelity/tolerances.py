@@ -82,6 +82,15 @@ KL_RATIO_BUDGET: dict[str, float] = {
 }
 
 
+# Below this mean next-token KL (nats per token) a candidate's transcript-level difference
+# is immaterial whatever its ratio to the floor: in float32 both KLs are the float32
+# decoder's own rounding (about 1e-11), and on a short clip with a few dozen tokens their
+# ratio is a ratio of two rounding noises (a clean MAX candidate read 4-13x on some
+# 1-3 s synthetic clips). 1e-8 is a thousand times that rounding and ten thousand times
+# below bfloat16's floor (about 1e-4); the value_bias_dropped fault reads about 1e-2.
+KL_NEGLIGIBLE = 1e-8
+
+
 def kl_ratio_budget(dtype: str) -> float:
     """The teacher-forced KL-ratio budget of a candidate in `dtype`."""
     return KL_RATIO_BUDGET[dtype]

@@ -15,6 +15,7 @@ import soundfile
 from fidelity import audio
 from fidelity.candidates.base import CandidateConfig, CapabilityError
 from fidelity.candidates.max_builtin import BuiltinCandidate
+from fidelity.errors import FidelityError
 from fidelity.pipeline import Plan, References, compare_candidate
 from fidelity.runners.torch_ref import TorchRunner
 from fidelity.taps import encoder_taps, stages
@@ -196,3 +197,16 @@ def test_examine_from_python_runs_a_user_candidate_end_to_end():
     assert doc["candidate"]["name"] == "openai-whisper-fp32" and comparison.first_divergence is None
     assert [row["name"] for row in doc["taps"]] == ["encoder.blocks.2.resid_post", "encoder.ln_post"]
     assert doc["e2e"]["identical"] and doc["e2e"]["reference_text"]
+
+
+def test_the_floor_is_the_candidates_floor_dtype(small, small_mel):
+    class Int8(protocol_candidates.OpenAIWhisperCandidate):
+        @property
+        def floor_dtype(self) -> str:
+            return "float32"
+
+    candidate = Int8(small, CandidateConfig(dtype="int8"))
+    result = compare_candidate(candidate, References(small, "float32"), small_mel, Plan(("encoder.ln_post",)))
+    assert result.row("encoder.ln_post").budget > 0 and result.first_divergence is None
+    with pytest.raises(FidelityError, match="the noise floor runs in bfloat16"):
+        compare_candidate(candidate, References(small, "bfloat16"), small_mel, Plan(("encoder.ln_post",)))

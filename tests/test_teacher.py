@@ -140,3 +140,18 @@ def test_reference_windows_refuse_a_transcript_without_tokens(model):
     transcript = transcribe_with(model, silence, model.encoder, progress=False)
     with pytest.raises(FidelityError, match="no speech"):
         reference_windows(transcript.decodes)
+
+
+def test_a_ratio_of_two_rounding_noises_is_not_a_verdict():
+    """Short clips in float32: both KLs are the decoder's rounding, their ratio is noise (seen 4-13x)."""
+    from fidelity.teacher import judge
+    from fidelity.tolerances import KL_NEGLIGIBLE
+
+    def report(cand_kl, floor_kl):
+        side = {"kl_mean": cand_kl, "kl_p99": cand_kl, "flips": []}
+        return {"candidate": side, "floor": {"kl_mean": floor_kl, "kl_p99": floor_kl, "flips": []}}
+
+    tiny = judge(report(KL_NEGLIGIBLE / 300, KL_NEGLIGIBLE / 3000), "float32")
+    assert tiny["kl_ratio"] == pytest.approx(10.0) and tiny["verdict"] == "ok" and "immaterial" in tiny["note"]
+    real = judge(report(1e-3, 1e-4), "bfloat16")
+    assert real["kl_ratio"] == pytest.approx(10.0) and real["verdict"] == "over_budget"

@@ -66,9 +66,10 @@ def format_summary(doc: dict) -> str:
         lines.append(f"capture problems (a captured tap its own recomputation does not reproduce): "
                      f"{', '.join(doc['capture_problems'])}")
     post = next((r for r in doc["taps"] if r["name"] == "encoder.ln_post"), None)
+    floor_dtype = (doc.get("candidate") or {}).get("floor_dtype") or doc.get("dtype", "")
     if post and post["cosine"] is not None:
         lines.append(f"encoder.ln_post: cosine {post['cosine']:.9f}, rel_l2 {post['rel_l2']:.2e}, "
-                     f"{post['noise_floor_ratio']:.2f}x the {doc.get('dtype', '')} noise floor")
+                     f"{post['noise_floor_ratio']:.2f}x the {floor_dtype} noise floor")
     return "\n".join(lines)
 
 
