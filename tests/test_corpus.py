@@ -203,6 +203,10 @@ def test_e2e_and_a_fault_on_a_few_clips(corpus, tmp_path):
     assert clean["wer_reference_vs_truth"].notna().all() and clean["cer_candidate_vs_truth"].notna().all()
     assert (clean["teacher_kl_mean"] >= 0).all() and clean["teacher_verdict"].isin(["ok", "not_computed"]).all()
     assert (faulty["teacher_kl_mean"] > clean["teacher_kl_mean"].max()).all()
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    by_label = {c["candidate"]: c for c in summary["configurations"]}
+    assert by_label["max"]["holds"] == 3 and by_label["max:value_bias_dropped"]["holds"] == 0
+    assert by_label["max:value_bias_dropped"]["first_divergence"] == {"blocks.0.attn": 3}
 
 
 def test_a_candidate_by_spec_that_is_not_max(corpus, tmp_path):
@@ -220,10 +224,6 @@ def test_a_candidate_by_spec_that_is_not_max(corpus, tmp_path):
     refused = run_corpus(str(manifest), "--out", str(tmp_path / "o"), "--candidate", "no_such_module:build",
                          timeout=120)
     assert refused.returncode == 2 and not (tmp_path / "o").exists()
-    summary = json.loads((out / "report" / "summary.json").read_text())
-    by_label = {c["candidate"]: c for c in summary["configurations"]}
-    assert by_label["max"]["holds"] == 3 and by_label["max:value_bias_dropped"]["holds"] == 0
-    assert by_label["max:value_bias_dropped"]["first_divergence"] == {"blocks.0.attn": 3}
 
 
 def test_unknown_candidate_and_dtype_are_bad_input(corpus, tmp_path):
