@@ -16,6 +16,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromedri
   echo "setup: installing Debian packages (chromium, chromium-driver)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v espeak-ng && command -v sox; } >/dev/null; then
+  # espeak-ng speaks the synthetic corpus of the corpus-sweep tests and benchmark; sox converts the shipped clips.
+  echo "setup: installing Debian packages (espeak-ng, sox)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setup: installing Python packages into .venv (a few minutes the first time)" >&2
 .venv/bin/python -m pip install -q --upgrade pip
