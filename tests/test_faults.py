@@ -70,3 +70,10 @@ def test_compare_isolate_reports_local_and_inherited(tmp_path, capsys):
     assert {"local_noise_floor_ratio", "local_cosine", "local_verdict"} <= set(row)
     table = capsys.readouterr().out
     assert "local_floor_x" in table and "first divergence by local error" in table
+
+
+def test_a_fault_that_cancels_at_the_stage_output_is_an_internal_difference(tiny, speech_mel, tiny_references):
+    """A key bias shifts every logit of a query by the same amount; the softmax cancels it."""
+    result = localize(tiny, tiny_references, speech_mel, FAULTS["key_bias"])
+    assert result["first_tap"] is None and result["how"] == "internal difference"
+    assert result["localized"] == result["expected"] in result["internal_differences"]

@@ -39,6 +39,7 @@ class Fault:
     numerics: dict = field(default_factory=dict)            # Numerics fields to change
     weights: Callable[[Weights, ModelDimensions], Weights] | None = None
     applies: Callable[[ModelDimensions], str | None] = lambda dims: None  # a reason if it does not
+    internal: bool = False  # its effect cancels at the stage output: expected as an internal difference
 
     def options(self, base: MaxOptions) -> MaxOptions:
         return dataclasses.replace(base, numerics=dataclasses.replace(base.numerics, **self.numerics))
@@ -121,7 +122,7 @@ CATALOGUE: tuple[Fault, ...] = (
     Fault("attn_scale_sqrt_on_q", "control, not a bug: head_dim**-0.5 on q alone equals whisper's split "
           "scaling up to rounding, so nothing should be named", lambda dims: None, {"qk_scale": (-0.5, 0.0)}),
     Fault("key_bias", "a key bias where openai-whisper has none (the value bias, a fused-split slip)",
-          _stage("blocks.{}.attn"), {"key_bias": True}, weights=_key_bias_from_value),
+          _stage("blocks.{}.attn"), {"key_bias": True}, weights=_key_bias_from_value, internal=True),
     Fault("softmax_wrong_axis", "softmax over the query axis instead of the key axis",
           _stage("blocks.{}.attn"), {"softmax_axis": -2}),
     Fault("heads_split_wrong", "width split as (head_dim, heads) instead of (heads, head_dim)",
@@ -173,12 +174,21 @@ def localize(checkpoint, references, mel: np.ndarray, fault: Fault | None,
     comparison = compare_candidate(candidate, references, mel, plan)
     stage = comparison.first_stage
     expected = fault.expected(dims) if fault else None
+    internal = [found["stage"] for found in comparison.internal_differences]
     post = comparison.row("encoder.ln_post")
+    if fault is not None and fault.internal and stage is None and internal:
+        # A key bias shifts every key's logit by the same q.b for a query, which the softmax cancels:
+        # the stage output is sound, and the workbench names the stage as an internal difference.
+        stage, how = internal[0], "internal difference"
+    else:
+        how = "divergence" if stage else None
     return {
         "fault": fault.name if fault else "clean",
         "description": fault.description if fault else "the clean candidate",
         "expected": expected,
         "localized": stage,
+        "how": how,
+        "internal_differences": internal,
         "first_tap": comparison.first_divergence,
         "first_tap_chained": comparison.first_divergence_chained,
         "correct": stage == expected,

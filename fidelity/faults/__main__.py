@@ -92,8 +92,11 @@ def format_results(results: list[dict]) -> str:
     for r in results:
         cosine = "-" if r["ln_post_cosine"] is None else f"{r['ln_post_cosine']:.9f}"
         rel = "-" if r["ln_post_rel_l2"] is None else f"{r['ln_post_rel_l2']:.2e}"
-        lines.append(f"{r['fault']:30s} {str(r['expected']):16s} {str(r['localized']):16s} "
+        named = str(r["localized"]) + (" (i)" if r.get("how") == "internal difference" else "")
+        lines.append(f"{r['fault']:30s} {str(r['expected']):16s} {named:16s} "
                      f"{'yes' if r['correct'] else 'NO':5s} {cosine:>15s} {rel:>9s}")
+    if any(r.get("how") == "internal difference" for r in results):
+        lines.append("(i): an internal difference: the stage's output is within budget, an internal tap is not")
     return "\n".join(lines)
 
 
