@@ -213,11 +213,11 @@ def _teacher(teacher: dict) -> str:
              _img(_kl_curve(teacher))]
     if cand["flips"]:
         head = "".join(f"<th>{c}</th>" for c in ("window", "token", "context", "reference", "candidate", "margin",
-                                                 "floor moved it", "floor's largest move", "near tie"))
+                                                 "floor moved it", "near-tie threshold", "near tie"))
         body = "".join(
             f"<tr><td>{f['window']}</td><td>{f['token_index']}</td><td>{_e(f['context'][-50:])}</td>"
             f"<td>{_e(f['reference_token'])}</td><td>{_e(f['side_token'])}</td><td>{_fmt('m', f['margin'])}</td>"
-            f"<td>{_fmt('m', f['floor_movement'])}</td><td>{_fmt('m', f.get('floor_scale'))}</td>"
+            f"<td>{_fmt('m', f['floor_movement'])}</td><td>{_fmt('m', f.get('near_tie_threshold'))}</td>"
             f"<td class='{'ok' if f['near_tie'] else 'diverged'}'>{_e(f['near_tie'])}</td></tr>"
             for f in cand["flips"][:200])
         lines.append(f"<table><tr>{head}</tr>{body}</table>")

@@ -146,7 +146,7 @@ def format_teacher(teacher: dict) -> list[str]:
         lines.append(f"  flip: window {flip['window']}, token {flip['token_index']} after {flip['context'][-40:]!r}: "
                      f"reference {flip['reference_token']!r}, candidate {flip['side_token']!r}, margin "
                      f"{_num(flip['margin'], '.3g')} nats, floor moved it {_num(flip['floor_movement'], '.3g')} "
-                     f"(at most {_num(flip.get('floor_scale'), '.3g')} anywhere in the clip): "
+                     f"(near-tie threshold {_num(flip.get('near_tie_threshold'), '.3g')}): "
                      f"{noise}")
     if len(cand["flips"]) > 8:
         lines.append(f"  ... {len(cand['flips']) - 8} more flips in report.json")
