@@ -157,7 +157,8 @@ class MaxPort(Candidate):
         off = self.encode(mel).astype(np.float64)
         on = self.run(mel, [ENCODER_OUTPUT])[ENCODER_OUTPUT].astype(np.float64)
         if off.shape != on.shape:
-            raise FidelityError(f"{self.name}: the encoder output has shape {on.shape} with probes, {off.shape} without")
+            raise FidelityError(f"{self.name}: the encoder output has shape {on.shape} with probes, "
+                                f"{off.shape} without")
         norm = float(np.linalg.norm(off))
         diff = on - off
         return ProbeEffect(float(np.abs(diff).max()) if diff.size else 0.0,
