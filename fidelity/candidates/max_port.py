@@ -88,8 +88,8 @@ class MaxPort(Candidate):
         if len(input_types) != len(inputs):
             raise FidelityError(f"{name}: {len(inputs)} input arrays for {len(input_types)} input types")
         self.input_types = list(input_types)
-        self._inputs = [self._feed(np.asarray(a), t, f"input {i}") for i, (a, t) in
-                        enumerate(zip(inputs, self.input_types))]
+        self._inputs = [self._feed(np.asarray(a), t, f"input {i}", resident=True) for i, (a, t) in
+                        enumerate(zip(inputs, self.input_types))]  # copied to the device once
         self._registry = {key: self._buffer(host_array(value, self.dtype)) for key, value in (weights or {}).items()}
         self._device.synchronize()
         self._graphs: dict[str, tuple[Graph, list[Probe]]] = {}
@@ -237,8 +237,8 @@ class MaxPort(Candidate):
     def _mel(self, mel: np.ndarray) -> list:
         return [self._feed(mel, TensorType(DType.float32, mel.shape, device=device_ref(self.device)), "mel")]
 
-    def _feed(self, array: np.ndarray, kind: TensorType, what: str):
-        """A host array as a graph input of `kind` (dtype and device)."""
+    def _feed(self, array: np.ndarray, kind: TensorType, what: str, resident: bool = False):
+        """A host array as a graph input of `kind` (dtype and device); `resident`: always a device copy."""
         want = [int(d) if _is_static(d) else None for d in kind.shape]
         if len(want) != array.ndim or any(w is not None and w != s for w, s in zip(want, array.shape)):
             raise FidelityError(f"{self.name}: {what} has shape {tuple(array.shape)}, the graph input is "
@@ -250,7 +250,7 @@ class MaxPort(Candidate):
         else:
             raise FidelityError(f"{self.name}: {what} has graph dtype {kind.dtype}, feeds take "
                                 f"{', '.join(DTYPES)} or bool")
-        if self.device == "cpu" and isinstance(host, np.ndarray):
+        if self.device == "cpu" and isinstance(host, np.ndarray) and not resident:
             return host
         return self._buffer(host)
 
