@@ -243,6 +243,8 @@ class MaxPort(Candidate):
         if len(want) != array.ndim or any(w is not None and w != s for w, s in zip(want, array.shape)):
             raise FidelityError(f"{self.name}: {what} has shape {tuple(array.shape)}, the graph input is "
                                 f"{tuple(str(d) for d in kind.shape)}")
+        if kind.dtype == DType.bool and array.ndim == 0:  # numpy 0-d arrays reach MAX as shape (1,)
+            return Buffer.scalar(bool(array), DType.bool, self._device)
         if kind.dtype == DType.bool:
             host = np.ascontiguousarray(array, dtype=np.bool_)
         elif kind.dtype in _DTYPE_NAMES:
