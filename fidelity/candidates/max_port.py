@@ -33,7 +33,6 @@ candidate's dtype unless `input_types` says otherwise.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,27 +43,15 @@ from max.graph import Graph, TensorType, TensorValue
 from ..checkpoints import Checkpoint
 from ..errors import FidelityError
 from ..probe import Probe, Trace, tracing
-from ..runners.max_graph import compile_graph, device_ref, session_for
-from ..runners.max_runner import host_array
-from ..runners.max_stages import DTYPES
-from .base import ENCODER_OUTPUT, Candidate, CandidateConfig, CapabilityError, check_batch
+from .max_builtin.graph_ops import DTYPES
+from .max_engine import compile_graph, device_ref, host_array, session_for
+from .base import ENCODER_OUTPUT, Candidate, CandidateConfig, CapabilityError, ProbeEffect, check_batch
 
 log = logging.getLogger(__name__)
 
 GraphFn = Callable[..., TensorValue]
 MODES = ("off", "observe", "patch")
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-@dataclass(frozen=True)
-class ProbeEffect:
-    """How far observing moved the encoder output: probes off against every probe an output."""
-
-    max_abs: float
-    rel_l2: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class MaxPort(Candidate):
