@@ -31,7 +31,7 @@ from .errors import CandidateCrash, FidelityError
 from .metrics import TapStats, compare, not_run, rmse_between
 from .report.files import DumpWriter
 from .runners.torch_ref import TorchRunner
-from .taps import FRONT_END_TAP, Stage, front_end_stage, stages
+from .taps import ENCODER_OUTPUT, FRONT_END_TAP, Stage, front_end_stage, stages
 from .tolerances import CONSISTENCY_BUDGET, budget_for
 from .verdicts import TapResult, blame_bad_inputs, first_divergence, internal_differences, judge, judge_consistency
 
@@ -176,8 +176,22 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
         log.info("window %d/%d compared", index + 1, len(mel))
     if dump is not None:
         dump.close()
-    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors,
-                      candidate.describe())
+    start = time.perf_counter()
+    effect = _probe_effect(candidate, mel)
+    timings["candidate_s"] += time.perf_counter() - start
+    described = candidate.describe()
+    if effect is not None:
+        described["probe_effect"] = effect
+    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors, described)
+
+
+def _probe_effect(candidate: Candidate, mel: np.ndarray) -> dict | None:
+    """The encoder output with taps off against taps on, worst over the windows of openai-whisper's mel."""
+    effects = [_call(candidate, "probe_effect", candidate.probe_effect, mel[i:i + 1]) for i in range(len(mel))]
+    if not effects or effects[0] is None:
+        return None
+    return {"tap": ENCODER_OUTPUT, "max_abs": max(e.max_abs for e in effects),
+            "rel_l2": max(e.rel_l2 for e in effects)}
 
 
 def _call(candidate: Candidate, action: str, fn, *args):
