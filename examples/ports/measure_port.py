@@ -6,31 +6,17 @@ run time (medians), peak RSS, and the probe effect on the encoder output.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from fidelity import audio
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
+from fidelity.candidates.loader import load_builder
 from fidelity.checkpoints import load_checkpoint
 from fidelity.cli import Parser, add_logging_flags, run_main, setup_logging
-from fidelity.errors import FidelityError
-
-
-def load_builder(spec: str):
-    path, _, name = spec.rpartition(":")
-    if not path or not Path(path).is_file():
-        raise FidelityError(f"--candidate {spec!r}: give FILE.py:NAME with an existing file")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, name):
-        raise FidelityError(f"--candidate {spec!r}: {path} has no {name}")
-    return getattr(module, name)
 
 
 def median_seconds(fn, repeats: int) -> float:
