@@ -31,7 +31,7 @@ from .errors import CandidateCrash, FidelityError
 from .metrics import TapStats, compare, not_run, rmse_between
 from .report.files import DumpWriter
 from .runners.torch_ref import TorchRunner
-from .taps import FRONT_END_TAP, Stage, front_end_stage, stages
+from .taps import ENCODER_OUTPUT, FRONT_END_TAP, Stage, front_end_stage, stages
 from .tolerances import CONSISTENCY_BUDGET, budget_for
 from .verdicts import TapResult, blame_bad_inputs, first_divergence, internal_differences, judge, judge_consistency
 
@@ -99,12 +99,13 @@ class Comparison:
     timings: dict = field(default_factory=dict)
     errors: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> |candidate - float64|, one window
     candidate: dict = field(default_factory=dict)
+    cut: frozenset[str] = frozenset()  # isolation: internal taps the stage output did not read (patched after)
 
     @property
     def first_divergence(self) -> str | None:
         """With isolation, the first tap whose *local* error is over budget; else the first failing tap.
-        Taps of a stage whose output is within budget are internal differences instead."""
-        return first_divergence(self.rows, self.isolated, self.outputs)
+        Taps of a stage whose output is within budget (and read them) are internal differences instead."""
+        return first_divergence(self.rows, self.isolated, self.outputs, self.cut)
 
     @property
     def first_divergence_chained(self) -> str | None:
@@ -118,7 +119,7 @@ class Comparison:
 
     @property
     def internal_differences(self) -> list[dict]:
-        return internal_differences(self.rows, self.outputs, self.isolated)
+        return internal_differences(self.rows, self.outputs, self.isolated, self.cut)
 
     def row(self, name: str) -> TapResult:
         return next(r for r in self.rows if r.name == name)
@@ -162,6 +163,7 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
     errors: dict[str, np.ndarray] = {}
     windows = []
     outputs = {s.name: s.output for s in walk}
+    cut = _cut(walk, set(candidate.patchable_taps())) if plan.isolate else frozenset()
     for index in range(len(mel)):
         walker = _Window(candidate, references, plan, taps, timings, dump, index)
         own_mel = None
@@ -169,7 +171,7 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
             own_mel = cand_mel[index:index + 1] if index < len(cand_mel) else None
             walker.front_end(own_mel, truth_mel[index:index + 1], mel[index:index + 1])
         rows = walker.walk(mel[index:index + 1], own_mel)
-        windows.append({"index": index, "first_divergence": first_divergence(rows, plan.isolate, outputs),
+        windows.append({"index": index, "first_divergence": first_divergence(rows, plan.isolate, outputs, cut),
                         "ln_post": _summary(rows, "encoder.ln_post")})
         for row in rows:
             if row.name not in best or _worse(row.stats, best[row.name].stats):
@@ -179,8 +181,34 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
         log.info("window %d/%d compared", index + 1, len(mel))
     if dump is not None:
         dump.close()
-    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors,
-                      candidate.describe())
+    start = time.perf_counter()
+    effect = _probe_effect(candidate, mel)
+    timings["candidate_s"] += time.perf_counter() - start
+    described = candidate.describe()
+    if effect is not None:
+        described["probe_effect"] = effect
+    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors, described,
+                      cut)
+
+
+def _cut(walk: list[Stage], patchable: set[str]) -> frozenset[str]:
+    """Internal taps whose value the isolated stage output never reads: each at or before a patched
+    internal tap of its stage (a probed port patches every probe, the built-in only stage inputs)."""
+    cut: set[str] = set()
+    for stage in walk:
+        inside = [name for name in stage.tap_names if name != stage.output]
+        last = max((i for i, name in enumerate(inside) if name in patchable), default=-1)
+        cut.update(inside[:last + 1])
+    return frozenset(cut)
+
+
+def _probe_effect(candidate: Candidate, mel: np.ndarray) -> dict | None:
+    """The encoder output with taps off against taps on, worst over the windows of openai-whisper's mel."""
+    effects = [_call(candidate, "probe_effect", candidate.probe_effect, mel[i:i + 1]) for i in range(len(mel))]
+    if not effects or effects[0] is None:
+        return None
+    return {"tap": ENCODER_OUTPUT, "max_abs": max(e.max_abs for e in effects),
+            "rel_l2": max(e.rel_l2 for e in effects)}
 
 
 def _call(candidate: Candidate, action: str, fn, *args):

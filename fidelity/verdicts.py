@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Collection
 
 from .metrics import TapStats
 
@@ -59,30 +60,33 @@ def _verdict(row: TapResult, local: bool) -> str | None:
     return row.local_verdict if local else row.verdict
 
 
-def internal_differences(rows: list[TapResult], outputs: dict[str, str], local: bool = False) -> list[dict]:
+def internal_differences(rows: list[TapResult], outputs: dict[str, str], local: bool = False,
+                         cut: Collection[str] = ()) -> list[dict]:
     """Stages whose output (`outputs`: stage -> its output tap) is within budget while internal taps are not.
 
     Stage boundaries are the contract: an internal tap may differ for a sound reason (heads
     relabelled consistently, another layout), so such a stage is a warning naming the taps,
-    not a divergence."""
+    not a divergence. With `local`, taps in `cut` (whose value the isolated stage output never
+    read: a patch at or after them fed the reference instead) are not excused by that output."""
     by_name = {row.name: row for row in rows}
     found = []
     for stage, output in outputs.items():
         if output not in by_name or _verdict(by_name[output], local) != OK:
             continue
         taps = [row.name for row in rows if row.stage == stage and row.name != output
-                and _verdict(row, local) not in (None, OK)]
+                and _verdict(row, local) not in (None, OK) and not (local and row.name in cut)]
         if taps:
             found.append({"stage": stage, "output": output, "taps": taps})
     return found
 
 
-def first_divergence(rows: list[TapResult], local: bool = False, outputs: dict[str, str] | None = None) -> str | None:
+def first_divergence(rows: list[TapResult], local: bool = False, outputs: dict[str, str] | None = None,
+                     cut: Collection[str] = ()) -> str | None:
     """The first tap (in execution order) whose verdict fails; `local` uses isolated verdicts.
 
     With `outputs` (stage -> output tap), taps of a stage whose output is within budget are
-    internal differences, not divergences."""
-    excused = {tap for found in internal_differences(rows, outputs or {}, local) for tap in found["taps"]}
+    internal differences, not divergences (see `internal_differences` for `cut`)."""
+    excused = {tap for found in internal_differences(rows, outputs or {}, local, cut) for tap in found["taps"]}
     for row in rows:
         verdict = _verdict(row, local)
         if verdict is not None and verdict != OK and row.name not in excused:

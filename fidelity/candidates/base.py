@@ -19,7 +19,7 @@ refuse a plan a candidate cannot serve (one line, exit 2) before any work:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -43,6 +43,17 @@ class CandidateConfig:
 
     def __post_init__(self):
         check_device(self.device)
+
+
+@dataclass(frozen=True)
+class ProbeEffect:
+    """How far observing moved the encoder output: taps off against every tap an output (float32)."""
+
+    max_abs: float
+    rel_l2: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 class CapabilityError(FidelityError):
@@ -112,6 +123,11 @@ class Candidate(abc.ABC):
         """16 kHz mono float32 samples -> (windows, n_mels, 2 * n_audio_ctx) log-mel, as the port computes
         it (padding to 30 s windows included)."""
         raise CapabilityError(f"candidate {self.name} has no front end of its own")
+
+    def probe_effect(self, mel: np.ndarray) -> ProbeEffect | None:
+        """The encoder output with taps off against taps on, on `mel`; None when observing changes nothing
+        (no separate graph with tap outputs). Optional."""
+        return None
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """The encoder output only (what transcription needs)."""

@@ -70,6 +70,10 @@ def format_summary(doc: dict) -> str:
     if post and post["cosine"] is not None:
         lines.append(f"encoder.ln_post: cosine {post['cosine']:.9f}, rel_l2 {post['rel_l2']:.2e}, "
                      f"{post['noise_floor_ratio']:.2f}x the {floor_dtype} noise floor")
+    effect = (doc.get("candidate") or {}).get("probe_effect")
+    if effect:
+        lines.append(f"probe effect on {effect['tap']}: max |off - on| {effect['max_abs']:.2e}, rel_l2 "
+                     f"{effect['rel_l2']:.2e} (its output with probes off against every probe an output)")
     return "\n".join(lines)
 
 

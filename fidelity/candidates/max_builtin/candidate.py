@@ -12,14 +12,13 @@ import logging
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 from max.driver import Buffer
 
 from ...checkpoints import Checkpoint
 from ...errors import FidelityError
 from ...taps import CONV_STEM, Stage, stages
 from ..base import Candidate, CandidateConfig
-from ..max_engine import session_for, to_device
+from ..max_engine import host_array, session_for, to_device
 from .stage_graphs import STAGE_KINDS, CompiledStage, MaxOptions, check_options
 
 log = logging.getLogger(__name__)
@@ -43,13 +42,6 @@ def weight_registry(names: list[str], weights: dict[str, np.ndarray], prefix: st
         registry[name] = Buffer.from_dlpack(source).copy(device)
     device.synchronize()
     return registry
-
-
-def host_array(array: np.ndarray, dtype: str):
-    """A contiguous host array in the graph's weight dtype (torch carries bfloat16, numpy has none)."""
-    if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16).contiguous()
-    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
 
 
 class BuiltinCandidate(Candidate):
