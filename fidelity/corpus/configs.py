@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import itertools
 import json
 from dataclasses import asdict, dataclass
@@ -62,13 +61,10 @@ def build_configurations(model: str, candidates: list[str], dtypes: list[str], d
 
 @functools.cache
 def engine_versions() -> dict[str, str]:
-    out = {}
-    for package in ("max", "torch", "openai-whisper", "numpy"):
-        try:
-            out[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            out[package] = "absent"
-    return out
+    """The versions a row's numbers depend on (the same list a report records)."""
+    from ..report.files import versions
+
+    return versions()
 
 
 def _source_hash(spec: str) -> str | None:
