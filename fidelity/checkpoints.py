@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from . import ct2
+from . import ctranslate2_files as ct2_files
 from .errors import FidelityError
 
 log = logging.getLogger(__name__)
@@ -180,15 +180,8 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     tmp.replace(path)
 
 
-def convert_ct2(model_dir: Path, name: str) -> Checkpoint:
-    """Convert a CTranslate2 Whisper model directory into an openai-whisper checkpoint."""
-    config = model_dir / "config.json"
-    return _convert(ct2.read_model_bin(model_dir / "model.bin"),
-                    json.loads(config.read_text()) if config.is_file() else {}, name, str(model_dir))
-
-
 def _convert(variables: dict[str, np.ndarray], config: dict, name: str, source: str) -> Checkpoint:
-    dims_dict, arrays = ct2.to_whisper_state(variables)
+    dims_dict, arrays = ct2_files.to_whisper_state(variables)
     state = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
     heads = tuple(tuple(pair) for pair in config.get("alignment_heads", []))
     dims = ModelDimensions(**dims_dict)
@@ -203,7 +196,7 @@ def _converted_packaged(name: str) -> Path:
     packaged = PACKAGED[name]
     source = " + ".join(packaged.pip_names())
     log.info("converting %s from %s (once) into %s", name, source, target)
-    variables = ct2.parse_model_bin(packaged.model_bin(), f"{source} model.bin")
+    variables = ct2_files.parse_model_bin(packaged.model_bin(), f"{source} model.bin")
     checkpoint = _convert(variables, packaged.config(), name, source)
     save_checkpoint(checkpoint, target)
     (target.with_suffix(".json")).write_text(json.dumps({"alignment_heads": checkpoint.alignment_heads}))

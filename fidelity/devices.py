@@ -1,17 +1,34 @@
-"""The devices a comparison can run on, validated in one place for every runner."""
+"""The devices a comparison can run on, and what each engine calls them: one table for every runner."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import FidelityError
 
-DEVICES = ("cpu", "gpu")
+
+@dataclass(frozen=True)
+class Device:
+    """A workbench device name and its name in each engine (MAX picks its own `Accelerator`)."""
+
+    name: str
+    torch: str
+    ctranslate2: str
+
+
+_DEVICES = {d.name: d for d in (Device("cpu", "cpu", "cpu"), Device("gpu", "cuda", "cuda"))}
+DEVICES = tuple(_DEVICES)
 
 
 def check_device(device: str) -> str:
     """`device` if it is one the workbench knows ("cpu" or "gpu"), else one line naming the choices."""
-    if device not in DEVICES:
+    if device not in _DEVICES:
         raise FidelityError(f"unknown device {device!r}: choose from {', '.join(DEVICES)}")
     return device
+
+
+def ctranslate2_device(device: str) -> str:
+    return _DEVICES[check_device(device)].ctranslate2
 
 
 def torch_device(device: str):
@@ -20,4 +37,4 @@ def torch_device(device: str):
 
     if check_device(device) == "gpu" and not torch.cuda.is_available():
         raise FidelityError("--device gpu: torch sees no CUDA device")
-    return torch.device("cuda" if device == "gpu" else "cpu")
+    return torch.device(_DEVICES[device].torch)

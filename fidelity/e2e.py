@@ -27,7 +27,7 @@ from whisper.tokenizer import get_tokenizer
 
 from .candidates.base import Candidate
 from .errors import FidelityError
-from .runners.torch_ref import _tf32 as tf32
+from .reference.runner import _tf32 as tf32
 from .taps import stage_outputs
 from .teacher import Encode, memoized, reference_windows, teacher_forced, torch_encoder
 

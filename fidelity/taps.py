@@ -138,37 +138,14 @@ def stages(dims: ModelDimensions, front_end: bool = False) -> list[Stage]:
     return out
 
 
-def stage_of(dims: ModelDimensions, tap: str) -> Stage:
-    """The stage a tap belongs to."""
-    for stage in stages(dims, front_end=tap == FRONT_END_TAP):
-        if tap in stage.tap_names:
-            return stage
-    raise FidelityError(f"unknown tap {tap!r}; try --list-taps")
-
-
 def encoder_taps(dims: ModelDimensions) -> list[Tap]:
     """Every tap of `AudioEncoder` for these dimensions, in execution order."""
     return [tap for stage in stages(dims) for tap in stage.taps]
 
 
-def stage_names(dims: ModelDimensions) -> list[str]:
-    """Stages in execution order."""
-    return [stage.name for stage in stages(dims)]
-
-
-def stage_output(dims: ModelDimensions, stage: str) -> str:
-    """The tap that is a stage's output (and the next stage's input)."""
-    return next(s.output for s in stages(dims) if s.name == stage)
-
-
 def stage_outputs(dims: ModelDimensions) -> list[str]:
     """The taps between stages: the residual stream after each stage, and ln_post."""
     return [stage.output for stage in stages(dims)]
-
-
-def stage_input(dims: ModelDimensions, stage: str) -> str | None:
-    """The tap a stage reads, or None for the conv stem (which reads the mel)."""
-    return next(s.input for s in stages(dims) if s.name == stage)
 
 
 def _long_forms(part: str) -> list[str]:

@@ -37,8 +37,8 @@ from whisper.decoding import DecodingTask
 
 from .checkpoints import Checkpoint
 from .errors import FidelityError
-from .runners.torch_ref import TorchRunner
-from .runners.torch_ref import _tf32 as tf32
+from .reference.runner import TorchRunner
+from .reference.runner import _tf32 as tf32
 from .tolerances import KL_NEGLIGIBLE, kl_ratio_budget
 
 log = logging.getLogger(__name__)

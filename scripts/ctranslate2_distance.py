@@ -18,10 +18,10 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 from fidelity import audio, checkpoints
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
 from fidelity.candidates.ctranslate2 import build, build_int8
-from fidelity.cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from fidelity.commands.cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from fidelity.e2e import DropInEncoder, error_rates, transcribe_with
 from fidelity.metrics import compare
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 
 
 def main(argv=None) -> int:

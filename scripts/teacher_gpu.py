@@ -29,7 +29,7 @@ from fidelity.candidates.base import CandidateConfig
 from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions, Numerics
 from fidelity.devices import torch_device
 from fidelity.e2e import transcribe_with
-from fidelity.runners.torch_ref import TORCH_DTYPES
+from fidelity.precisions import torch_dtype
 from fidelity.teacher import memoized, reference_windows, teacher_forced, torch_encoder
 
 log = logging.getLogger("teacher_gpu")
@@ -38,7 +38,7 @@ log = logging.getLogger("teacher_gpu")
 def whisper_own_encoder(model, dtype: str):
     """openai-whisper's `model.encoder` as openai-whisper runs it in half precision (SDPA attention)."""
     def encode(mel: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(mel).to(next(model.parameters()).device, TORCH_DTYPES[dtype])
+        x = torch.from_numpy(mel).to(next(model.parameters()).device, torch_dtype(dtype))
         with torch.no_grad():
             return model.encoder(x).float().cpu().numpy()
     return encode

@@ -23,8 +23,13 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def speech_mel(tiny):
-    return audio.mel_windows(audio.load_audio(audio.DEFAULT_CLIP), tiny.dims.n_mels)
+def speech_clip():
+    return audio.load_audio(audio.DEFAULT_CLIP)
+
+
+@pytest.fixture(scope="session")
+def speech_mel(tiny, speech_clip):
+    return audio.mel_windows(speech_clip, tiny.dims.n_mels)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
 from fidelity.candidates.base import Candidate, CandidateConfig
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 from fidelity.taps import ENCODER_OUTPUT
 
 

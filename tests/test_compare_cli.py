@@ -13,7 +13,7 @@ import soundfile
 
 from fidelity.audio import DATA_DIR
 from fidelity.compare import main
-from fidelity.report.files import load_dumps
+from fidelity.report.dumps import load_dumps
 
 REQUIRED = {"name", "shape", "cosine", "rel_l2", "max_abs", "bias", "std_ratio", "noise_floor_ratio", "verdict"}
 

@@ -22,7 +22,7 @@ from fidelity.checkpoints import random_checkpoint
 from fidelity.e2e import DropInEncoder, transcribe_with
 from fidelity.errors import FidelityError
 from fidelity.metrics import compare
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 
 
 @pytest.fixture(scope="module")

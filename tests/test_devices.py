@@ -11,7 +11,8 @@ from fidelity.candidates.base import CandidateConfig
 from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions, Numerics
 from fidelity.compare import main as compare_main
 from fidelity.errors import FidelityError
-from fidelity.pipeline import Plan, References, compare_candidate
+from fidelity.flow.walk import Plan, compare_candidate
+from fidelity.reference.references import References
 from fidelity.sweep import main as sweep_main
 from fidelity.taps import select_taps
 from fidelity.verdicts import capture_problems

@@ -13,7 +13,7 @@ from whisper.audio import mel_filters
 from fidelity import audio
 from fidelity.candidates.base import CandidateConfig
 from fidelity.metrics import compare
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 
 from .test_probes import load_port
 

@@ -10,8 +10,10 @@ import pytest
 from fidelity.candidates.base import CandidateConfig
 from fidelity.compare import main as compare_main
 from fidelity.errors import FidelityError
-from fidelity.faults import CATALOGUE, FAULTS, faulty_candidate, get_fault, localize
-from fidelity.pipeline import Plan, References, compare_candidate
+from fidelity.faults import CATALOGUE, FAULTS, faulty_candidate, get_fault
+from fidelity.faults.proof import localize
+from fidelity.flow.walk import Plan, compare_candidate
+from fidelity.reference.references import References
 from fidelity.taps import select_taps
 
 SUBTLE = ("gelu_tanh", "ln_eps_1e-6")
@@ -22,14 +24,14 @@ def tiny_references(tiny):
     return References(tiny, cache_bytes=2 << 30)
 
 
-def test_clean_candidate_is_localized_to_nothing(tiny, speech_mel, tiny_references):
-    result = localize(tiny, tiny_references, speech_mel, None)
+def test_clean_candidate_is_localized_to_nothing(tiny, speech_clip, tiny_references):
+    result = localize(tiny, tiny_references, speech_clip, None)
     assert result["localized"] is None and result["correct"]
 
 
 @pytest.mark.parametrize("fault", [f.name for f in CATALOGUE])
-def test_every_fault_is_localized_to_its_stage(tiny, speech_mel, tiny_references, fault):
-    result = localize(tiny, tiny_references, speech_mel, FAULTS[fault])
+def test_every_fault_is_localized_to_its_stage(tiny, speech_clip, tiny_references, fault):
+    result = localize(tiny, tiny_references, speech_clip, FAULTS[fault])
     assert result["localized"] == result["expected"], result
     if fault in SUBTLE:  # invisible to an end-of-encoder cosine check
         assert result["ln_post_cosine"] > 0.9999
@@ -72,8 +74,8 @@ def test_compare_isolate_reports_local_and_inherited(tmp_path, capsys):
     assert "local_floor_x" in table and "first divergence by local error" in table
 
 
-def test_a_fault_that_cancels_at_the_stage_output_is_an_internal_difference(tiny, speech_mel, tiny_references):
+def test_a_fault_that_cancels_at_the_stage_output_is_an_internal_difference(tiny, speech_clip, tiny_references):
     """A key bias shifts every logit of a query by the same amount; the softmax cancels it."""
-    result = localize(tiny, tiny_references, speech_mel, FAULTS["key_bias"])
+    result = localize(tiny, tiny_references, speech_clip, FAULTS["key_bias"])
     assert result["first_tap"] is None and result["how"] == "internal difference"
     assert result["localized"] == result["expected"] in result["internal_differences"]

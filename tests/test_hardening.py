@@ -20,7 +20,7 @@ from fidelity import cli
 from fidelity.candidates.base import CandidateConfig
 from fidelity.checkpoints import random_checkpoint, save_checkpoint
 from fidelity.errors import CandidateCrash, FidelityError
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 from fidelity.taps import resolve_tap, select_taps
 
 from .conftest import SMALL_DIMS

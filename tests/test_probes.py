@@ -17,12 +17,12 @@ from max.graph import ops
 
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
 from fidelity.candidates.max_port import MaxPort
-from fidelity.cli import run_main
+from fidelity.commands.cli import run_main
 from fidelity.errors import FidelityError
 from fidelity.layouts import parse_layout
 from fidelity.metrics import compare
 from fidelity.probe import probe
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.reference.runner import TorchRunner
 from fidelity.taps import encoder_taps
 
 PORT = Path(__file__).resolve().parents[1] / "examples" / "ports" / "hackathon_port.py"

@@ -16,8 +16,11 @@ from fidelity import audio
 from fidelity.candidates.base import CandidateConfig, CapabilityError
 from fidelity.candidates.max_builtin import BuiltinCandidate
 from fidelity.errors import FidelityError
-from fidelity.pipeline import Plan, References, compare_candidate
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.flow.examine import examine
+from fidelity.flow.request import Request
+from fidelity.flow.walk import Plan, compare_candidate
+from fidelity.reference.references import References
+from fidelity.reference.runner import TorchRunner
 from fidelity.taps import encoder_taps, stages
 
 from . import protocol_candidates
@@ -190,11 +193,11 @@ def test_a_user_candidate_through_the_command(tmp_path, request, short_clip):
 
 
 def test_examine_from_python_runs_a_user_candidate_end_to_end():
-    """The notebook entry point: a spec in, the report document out, the candidate's encode inside whisper."""
-    from fidelity.compare import examine
-
-    doc, comparison = examine(f"{SPEC}:whole", layer="ln_post,2.resid_post", e2e=True)
-    assert doc["candidate"]["name"] == "openai-whisper-fp32" and comparison.first_divergence is None
+    """The notebook entry point: a request in, an examination out, the candidate's encode inside whisper."""
+    examination = examine(Request(candidate=f"{SPEC}:whole", taps="ln_post,2.resid_post", e2e=True))
+    doc = examination.document
+    assert doc["candidate"]["name"] == "openai-whisper-fp32" and examination.first_divergence is None
+    assert not examination.failed
     assert [row["name"] for row in doc["taps"]] == ["encoder.blocks.2.resid_post", "encoder.ln_post"]
     assert doc["e2e"]["identical"] and doc["e2e"]["reference_text"]
 

@@ -11,8 +11,9 @@ from whisper.model import disable_sdpa
 from fidelity.candidates.base import CandidateConfig
 from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions
 from fidelity.errors import FidelityError
-from fidelity.pipeline import Plan, References, compare_candidate
-from fidelity.runners.torch_ref import TorchRunner
+from fidelity.flow.walk import Plan, compare_candidate
+from fidelity.reference.references import References
+from fidelity.reference.runner import TorchRunner
 from fidelity.taps import encoder_taps, select_taps, stages
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fidelity.errors import FidelityError
-from fidelity.taps import encoder_taps, select_taps, stage_input, stage_names, stage_output
+from fidelity.taps import encoder_taps, select_taps, stages
 
 from .conftest import SMALL_DIMS
 
@@ -25,13 +25,12 @@ def test_tap_list_is_derived_from_dims(tiny):
 
 
 def test_stages_chain_outputs_to_inputs():
-    stages = stage_names(SMALL_DIMS)
-    assert stages == ["conv_stem", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "ln_post"]
-    assert stage_input(SMALL_DIMS, "conv_stem") is None
-    assert stage_input(SMALL_DIMS, "blocks.0.attn") == "encoder.positional_embedding"
-    assert stage_input(SMALL_DIMS, "blocks.1.mlp") == stage_output(SMALL_DIMS, "blocks.1.attn") \
-        == "encoder.blocks.1.resid_mid"
-    assert stage_input(SMALL_DIMS, "ln_post") == "encoder.blocks.1.resid_post"
+    by_name = {stage.name: stage for stage in stages(SMALL_DIMS)}
+    assert list(by_name) == ["conv_stem", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "ln_post"]
+    assert by_name["conv_stem"].input is None
+    assert by_name["blocks.0.attn"].input == "encoder.positional_embedding"
+    assert by_name["blocks.1.mlp"].input == by_name["blocks.1.attn"].output == "encoder.blocks.1.resid_mid"
+    assert by_name["ln_post"].input == "encoder.blocks.1.resid_post"
 
 
 @pytest.mark.parametrize("selector, expected", [

@@ -14,9 +14,9 @@ import time
 
 from fidelity import audio
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
-from fidelity.candidates.loader import load_builder
+from fidelity.candidates import specs
 from fidelity.checkpoints import load_checkpoint
-from fidelity.cli import Parser, add_logging_flags, run_main, setup_logging
+from fidelity.commands.cli import Parser, add_logging_flags, run_main, setup_logging
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         checkpoint = load_checkpoint(args.model)
         mel = audio.mel_windows(audio.load_audio(args.audio), checkpoint.dims.n_mels)[:1]
         start = time.perf_counter()
-        candidate = load_builder(args.candidate)(checkpoint, CandidateConfig())
+        candidate = specs.build(args.candidate, checkpoint, CandidateConfig())
         build_seconds = time.perf_counter() - start
         compile_log = {mode: candidate.compile([mode])[mode] for mode in ("off", "observe", "patch")}
         taps = candidate.available_taps()

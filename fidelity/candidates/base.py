@@ -27,22 +27,32 @@ from whisper.model import ModelDimensions
 
 from ..devices import check_device
 from ..errors import FidelityError
+from ..precisions import CANDIDATE_PRECISIONS, precision
 from ..taps import ENCODER_OUTPUT, Stage
 
 
 @dataclass(frozen=True)
 class CandidateConfig:
-    """What the user asks of a candidate: where it runs and in which precision.
+    """What the user asks of a candidate: where it runs, in which precision, and the optional forms.
 
     A builder `NAME(checkpoint, config)` receives this and may refuse what it cannot
     do by raising `FidelityError` with one line naming the problem and the fix.
+    `attention` ("matmul" or "flash"), `capture` ("staged" or "fused") and
+    `attention_weights` (also emit `attn.weights`) are forms a candidate may offer;
+    one that has no such choice ignores them.
     """
 
     device: str = "cpu"
     dtype: str = "float32"
+    attention: str = "matmul"
+    capture: str = "staged"
+    attention_weights: bool = False
 
     def __post_init__(self):
         check_device(self.device)
+        if precision(self.dtype).name not in CANDIDATE_PRECISIONS:
+            raise FidelityError(f"a candidate cannot run in {self.dtype}: choose from "
+                                f"{', '.join(CANDIDATE_PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,17 @@ class ProbeEffect:
 
     max_abs: float
     rel_l2: float
+    rmse: float
+
+    @classmethod
+    def between(cls, off: np.ndarray, on: np.ndarray) -> ProbeEffect:
+        """The effect of observing, from the encoder output with probes off and with every probe an output."""
+        off, on = np.asarray(off, dtype=np.float64), np.asarray(on, dtype=np.float64)
+        diff = on - off
+        if not diff.size:
+            return cls(0.0, 0.0, 0.0)
+        norm, gap = float(np.linalg.norm(off)), float(np.linalg.norm(diff))
+        return cls(float(np.abs(diff).max()), gap / norm if norm else gap, float(np.sqrt(np.mean(diff ** 2))))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,8 +91,8 @@ class Candidate(abc.ABC):
 
     @property
     def floor_dtype(self) -> str:
-        """The precision openai-whisper runs in to give this candidate's noise floor."""
-        return self.dtype
+        """The precision openai-whisper runs in to give this candidate's noise floor (`fidelity.precisions`)."""
+        return precision(self.dtype).floor
 
     @abc.abstractmethod
     def available_taps(self) -> list[str]:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from max.driver import CPU, Accelerator, Buffer, accelerator_count
 from max.engine import InferenceSession
 from max.graph import DeviceRef, Graph
@@ -50,13 +49,6 @@ def to_device(array: np.ndarray, device: str):
     if device == "cpu":
         return array
     return Buffer.from_numpy(array).to(session_for(device)[1])
-
-
-def host_array(array: np.ndarray, dtype: str):
-    """A contiguous host array in the graph's weight dtype (torch carries bfloat16, numpy has none)."""
-    if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16).contiguous()
-    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
 
 
 def device_ref(device: str) -> DeviceRef:

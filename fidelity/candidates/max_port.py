@@ -42,16 +42,15 @@ from max.graph import Graph, TensorType, TensorValue
 
 from ..checkpoints import Checkpoint
 from ..errors import FidelityError
+from ..precisions import host_array, max_dtype, max_precision_name, served_by
 from ..probe import Probe, Trace, tracing
 from .base import ENCODER_OUTPUT, Candidate, CandidateConfig, CapabilityError, ProbeEffect, check_batch
-from .max_builtin.graph_ops import DTYPES
-from .max_engine import compile_graph, device_ref, host_array, session_for
+from .max_engine import compile_graph, device_ref, session_for
 
 log = logging.getLogger(__name__)
 
 GraphFn = Callable[..., TensorValue]
 MODES = ("off", "observe", "patch")
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class MaxPort(Candidate):
@@ -62,16 +61,15 @@ class MaxPort(Candidate):
                  weights: dict[str, np.ndarray] | None = None,
                  front_end: Callable[[np.ndarray], np.ndarray] | None = None,
                  name: str = "max-port", graph_name: str | None = None):
-        if config.device not in ("cpu", "gpu"):
-            raise FidelityError(f"unknown device {config.device!r}: choose cpu or gpu")
-        if config.dtype not in DTYPES:
-            raise FidelityError(f"unknown dtype {config.dtype!r}: choose from {', '.join(DTYPES)}")
+        if config.dtype not in served_by("max"):
+            raise FidelityError(f"a MAX port runs {', '.join(served_by('max'))}, not {config.dtype}")
         self.name, self.dims, self.dtype, self.device = name, checkpoint.dims, config.dtype, config.device
         self.graph_fn, self.graph_name = graph_fn, graph_name or name.replace("-", "_")
         self._front_end = front_end
         self._device = session_for(self.device)[1]
         if input_types is None:
-            input_types = [TensorType(DTYPES[self.dtype], np.shape(a), device=device_ref(self.device)) for a in inputs]
+            input_types = [TensorType(max_dtype(self.dtype), np.shape(a), device=device_ref(self.device))
+                           for a in inputs]
         if len(input_types) != len(inputs):
             raise FidelityError(f"{name}: {len(inputs)} input arrays for {len(input_types)} input types")
         self.input_types = list(input_types)
@@ -146,10 +144,7 @@ class MaxPort(Candidate):
         if off.shape != on.shape:
             raise FidelityError(f"{self.name}: the encoder output has shape {on.shape} with probes, "
                                 f"{off.shape} without")
-        norm = float(np.linalg.norm(off))
-        diff = on - off
-        return ProbeEffect(float(np.abs(diff).max()) if diff.size else 0.0,
-                           float(np.linalg.norm(diff)) / norm if norm else float(np.linalg.norm(diff)))
+        return ProbeEffect.between(off, on)
 
     # -- graphs -----------------------------------------------------------------------
     def graph(self, mode: str) -> Graph:
@@ -234,11 +229,11 @@ class MaxPort(Candidate):
             return Buffer.scalar(bool(array), DType.bool, self._device)
         if kind.dtype == DType.bool:
             host = np.ascontiguousarray(array, dtype=np.bool_)
-        elif kind.dtype in _DTYPE_NAMES:
-            host = host_array(array, _DTYPE_NAMES[kind.dtype])
+        elif max_precision_name(kind.dtype) is not None:
+            host = host_array(array, max_precision_name(kind.dtype))
         else:
             raise FidelityError(f"{self.name}: {what} has graph dtype {kind.dtype}, feeds take "
-                                f"{', '.join(DTYPES)} or bool")
+                                f"{', '.join(served_by('max'))} or bool")
         if self.device == "cpu" and isinstance(host, np.ndarray) and not resident:
             return host
         return self._buffer(host)

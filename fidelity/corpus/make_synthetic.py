@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from ..cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
+from ..commands.cli import EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 from ..errors import FidelityError
-from ..report.files import atomic_dir
+from ..outputs import atomic_dir
 
 log = logging.getLogger("fidelity.corpus.make_synthetic")
 

@@ -1,14 +1,10 @@
-"""The corpus sweep's one adapter into the comparison library: one clip, one configuration, one row.
+"""The corpus sweep's worker side: one clip, one configuration, one row, through the examination library.
 
-Everything the sweep needs of `fidelity.pipeline`, `fidelity.e2e`, the MAX candidate
-and the fault catalogue is called here and nowhere else in `fidelity.corpus`, so the
-sweep follows the comparison flow when it changes (the candidate protocol) by editing
-this file alone. `ClipComparer` keeps the checkpoint, the openai-whisper references,
-the compiled candidate and the transcription model of each configuration for the
-life of a worker; `compare_one` turns one clip into one flat row (see `rows.SCHEMA`).
-
-Candidate specs understood today: `max` (the built-in MAX Graph encoder) and
-`max:FAULT` (it with a catalogued porting bug injected, `python -m fidelity.faults --list`).
+`ClipComparer` keeps one `fidelity.flow.examine.Examiner` per configuration for the life
+of a worker (the checkpoint, the compiled candidate and the openai-whisper references
+are loaded once); `compare_one` examines one clip with it and turns the examination into
+one flat row (see `rows.SCHEMA`). Candidate specs are the one language of
+`fidelity.candidates.specs`, as for `compare --candidate`.
 """
 
 from __future__ import annotations
@@ -22,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import audio, checkpoints
-from .. import taps as tapmod
 from ..errors import FidelityError
+from ..flow.examination import Examination
+from ..flow.examine import Examiner
+from ..flow.request import Request
 from .configs import Configuration
 
 log = logging.getLogger(__name__)
 
-BUILTIN = "max"
+# The stage-boundary taps a row records (every stage output); a port's own front end adds frontend.mel.
+STAGE_OUTPUTS = "blocks.*.resid_mid,blocks.*.resid_post,ln_post"
 
 
 @dataclass(frozen=True)
@@ -41,51 +40,18 @@ class ClipInput:
     text: str | None
 
 
-def check_candidate(spec: str) -> None:
-    """Refuse, before any work, a candidate spec this adapter cannot build.
-
-    `max` is the built-in MAX encoder, `max:FAULT` the same with a catalogued fault; anything
-    else is a builder spec (`PATH.py:NAME` or `module:NAME`), as `compare --candidate` takes.
-    """
-    name, _, fault = spec.partition(":")
-    if name == BUILTIN:
-        if fault:
-            from ..faults import FAULTS  # the catalogue's names; per-model applicability is checked on build
-
-            if fault not in FAULTS:
-                raise FidelityError(f"--candidate {spec}: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
-        return
-    from ..candidates.loader import load_builder
-
-    load_builder(spec)
-
-
-def build_candidate(spec: str, checkpoint, config):
-    """The candidate a spec names (see `check_candidate`), on `config`'s device and dtype."""
-    from ..candidates.loader import build_candidate as build_from_spec
-    from ..candidates.max_builtin import BuiltinCandidate
-    from ..faults import faulty_candidate, get_fault
-
-    name, _, fault = spec.partition(":")
-    if name != BUILTIN:
-        return build_from_spec(spec, checkpoint, config)
-    if fault:
-        return faulty_candidate(checkpoint, get_fault(fault, checkpoint.dims), config)
-    return BuiltinCandidate(checkpoint, config)
-
-
 class ClipComparer:
-    """One worker's state: per configuration, the models and compiled graphs, built once."""
+    """One worker's state: per configuration, an examiner (models and compiled graphs), built once."""
 
     def __init__(self):
-        self._checkpoints: dict[str, object] = {}
-        self._prepared: dict[str, dict] = {}
+        self._checkpoints: dict[str, checkpoints.Checkpoint] = {}
+        self._examiners: dict[str, Examiner] = {}
         self._failed: dict[str, str] = {}  # a configuration that cannot be built fails each clip at once
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def prepare(self, config: Configuration) -> dict:
         """Build everything `config` needs; returns how long each part took (seconds)."""
-        if config.key in self._prepared:
+        if config.key in self._examiners:
             return {}
         if config.key in self._failed:
             raise FidelityError(self._failed[config.key])
@@ -96,32 +62,18 @@ class ClipComparer:
             raise
 
     def _build(self, config: Configuration) -> dict:
-        from ..candidates.base import CandidateConfig
-        from ..pipeline import References
-
-        timings = {}
         start = time.perf_counter()
         if config.model not in self._checkpoints:
             self._checkpoints[config.model] = checkpoints.load_checkpoint(config.model)
-        checkpoint = self._checkpoints[config.model]
-        timings["checkpoint_s"] = time.perf_counter() - start
+        timings = {"checkpoint_s": time.perf_counter() - start}
         start = time.perf_counter()
-        candidate = build_candidate(config.candidate, checkpoint, CandidateConfig(config.device, config.dtype))
-        timings["candidate_s"] = time.perf_counter() - start
-        timings["graph_compile_or_load_s"] = getattr(candidate, "compile_seconds", 0.0)
-        start = time.perf_counter()
-        references = References(checkpoint, candidate.floor_dtype, config.device)
-        timings["references_s"] = time.perf_counter() - start
-        model = None
-        if config.e2e:
-            start = time.perf_counter()
-            model = checkpoint.whisper_model()
-            timings["whisper_model_s"] = time.perf_counter() - start
-        wanted = tapmod.stage_outputs(checkpoint.dims)
-        has = set(candidate.available_taps())
-        taps = [t for t in tapmod.select_taps(checkpoint.dims, ",".join(wanted)) if t.name in has]
-        self._prepared[config.key] = {"checkpoint": checkpoint, "candidate": candidate, "references": references,
-                                      "model": model, "taps": taps}
+        request = Request(model=self._checkpoints[config.model], audio=None, candidate=config.candidate,
+                          taps=STAGE_OUTPUTS, device=config.device, dtype=config.dtype, isolate=config.isolate,
+                          probe_effect=False, e2e=config.e2e)
+        examiner = Examiner(request)
+        timings["examiner_s"] = time.perf_counter() - start
+        timings["graph_compile_or_load_s"] = getattr(examiner.candidate, "compile_seconds", 0.0)
+        self._examiners[config.key] = examiner
         return timings
 
     def compare_one(self, clip: ClipInput, config: Configuration) -> dict:
@@ -131,17 +83,17 @@ class ClipComparer:
         phase = "setup"
         try:
             self.prepare(config)
-            state = self._prepared[config.key]
+            examiner = self._examiners[config.key]
             phase = "load"
             start = time.perf_counter()
             loaded = _load(clip, allow_silent=config.e2e)
-            mel = audio.mel_windows(loaded, state["checkpoint"].dims.n_mels)
-            row.update(seconds=loaded.seconds, windows=len(mel), load_s=time.perf_counter() - start)
+            row.update(seconds=loaded.seconds, windows=len(audio.window_starts(loaded)),
+                       load_s=time.perf_counter() - start)
             phase = "compare"
-            row.update(_stage_stats(state, mel, config.isolate, loaded.samples))
-            if config.e2e:
-                phase = "e2e"
-                row.update(_end_to_end(state, loaded, clip.text))
+            examination = examiner.examine(loaded, truth=clip.text)
+            row.update(stage_row(examination))
+            if examination.e2e is not None:
+                row.update(e2e_row(examination.e2e), e2e_s=examination.timings["e2e_s"])
             row["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - a row records any failure and the sweep goes on
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -153,7 +105,7 @@ class ClipComparer:
         return row
 
 
-def _load(clip: ClipInput, allow_silent: bool):
+def _load(clip: ClipInput, allow_silent: bool) -> audio.Clip:
     """Decode the clip's bytes with `fidelity.audio` (which reads files), naming the user's path in errors."""
     suffix = Path(clip.path).suffix or ".audio"
     with tempfile.TemporaryDirectory(prefix="fidelity-clip-") as tmp:
@@ -166,63 +118,47 @@ def _load(clip: ClipInput, allow_silent: bool):
     return audio.Clip(loaded.samples, clip.path)
 
 
-def _stage_stats(state: dict, mel, isolate: bool, samples) -> dict:
-    from ..pipeline import compare_candidate, plan_for
-
-    comparison = compare_candidate(state["candidate"], state["references"], mel,
-                                   plan_for(state["taps"], isolate=isolate), samples)
+def stage_row(examination: Examination) -> dict:
+    """The row's stage-boundary statistics, first divergence and timings."""
     stages = []
-    for result in comparison.rows:
+    for result in examination.rows:
         stats = result.as_dict()
         stages.append({"tap": result.name, "stage": result.stage, "cosine": stats["cosine"],
                        "rel_l2": stats["rel_l2"], "floor_ratio": stats["noise_floor_ratio"],
                        "verdict": result.verdict, "local_floor_ratio": stats.get("local_noise_floor_ratio"),
                        "local_verdict": result.local_verdict, "budget": result.budget})
-    first = comparison.first_divergence
-    chained = comparison.first_divergence_chained
-    stage_of = {r.name: r.stage for r in comparison.rows}
     post = next(s for s in stages if s["tap"] == "encoder.ln_post")
     worst = max(stages, key=lambda s: _badness(s["floor_ratio"]))
+    timings = examination.timings
     out = {
         "stages": stages,
-        "first_divergence": stage_of.get(first) if first else None,
-        "first_divergence_tap": first,
-        "first_divergence_chained": chained,
+        "first_divergence": examination.comparison.first_stage,
+        "first_divergence_tap": examination.first_divergence,
+        "first_divergence_chained": examination.comparison.first_divergence_chained,
         "ln_post_cosine": post["cosine"], "ln_post_rel_l2": post["rel_l2"], "ln_post_floor_ratio": post["floor_ratio"],
         "worst_tap": worst["tap"], "worst_floor_ratio": worst["floor_ratio"],
-        "candidate_s": comparison.timings["candidate_s"], "reference_s": comparison.timings["reference_s"],
-        "metrics_s": comparison.timings["metrics_s"],
+        "candidate_s": timings["candidate_s"], "reference_s": timings["reference_s"],
+        "metrics_s": timings["metrics_s"],
     }
-    if isolate:
+    if examination.comparison.isolated:
         local_worst = max(stages, key=lambda s: _badness(s["local_floor_ratio"]))
         out.update(worst_local_tap=local_worst["tap"], worst_local_floor_ratio=local_worst["local_floor_ratio"])
     return out
 
 
-def _end_to_end(state: dict, clip, truth: str | None) -> dict:
-    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
-
-    from ..e2e import end_to_end, error_rates
-
-    start = time.perf_counter()
-    model, candidate = state["model"], state["candidate"]
-    result = end_to_end(model, state["checkpoint"], clip.samples, candidate.encode, truth, candidate.device,
-                        candidate.floor_dtype)
-    normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()
-    out = {"reference_text": result["reference_text"], "candidate_text": result["candidate_text"],
-           "transcripts_identical": result["identical"], "wer_vs_reference": result["wer"],
-           "cer_vs_reference": result["cer"],
-           "first_parting_token": _parting(result.get("first_parting"))}
+def e2e_row(e2e: dict) -> dict:
+    """The row's end-to-end columns (transcripts, error rates, teacher-forced statistics)."""
+    teacher = e2e["teacher"]
+    out = {"reference_text": e2e["reference_text"], "candidate_text": e2e["candidate_text"],
+           "transcripts_identical": e2e["identical"], "wer_vs_reference": e2e["wer"], "cer_vs_reference": e2e["cer"],
+           "first_parting_token": _parting(e2e.get("first_parting")),
+           "teacher_kl_mean": teacher["candidate"]["kl_mean"], "teacher_kl_max": teacher["candidate"]["kl_max"],
+           "teacher_kl_ratio": teacher.get("kl_ratio"), "teacher_flips": teacher["candidate"]["flip_count"],
+           "teacher_verdict": teacher.get("verdict")}
+    truth = e2e.get("truth")
     if truth is not None:
-        truth_norm = normalize(truth)
-        for side, text in (("reference", result["reference_text"]), ("candidate", result["candidate_text"])):
-            rates = error_rates(truth_norm, normalize(text))
-            out[f"wer_{side}_vs_truth"], out[f"cer_{side}_vs_truth"] = rates["wer"], rates["cer"]
-    teacher = result["teacher"]
-    out.update(teacher_kl_mean=teacher["candidate"]["kl_mean"], teacher_kl_max=teacher["candidate"]["kl_max"],
-               teacher_kl_ratio=teacher.get("kl_ratio"), teacher_flips=teacher["candidate"]["flip_count"],
-               teacher_verdict=teacher.get("verdict"))
-    out["e2e_s"] = time.perf_counter() - start
+        for side in ("reference", "candidate"):
+            out[f"wer_{side}_vs_truth"], out[f"cer_{side}_vs_truth"] = truth[f"wer_{side}"], truth[f"cer_{side}"]
     return out
 
 

@@ -11,14 +11,17 @@ self-contained (plots embedded), like the per-run report.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 
 import numpy as np
 import pandas as pd
+
+from ..report.html_parts import escape as _e
+from ..report.html_parts import image as _img
+from ..report.html_parts import number as _fmt
+from ..report.html_parts import page, plt
+from ..report.html_parts import table as _table
 
 WORST = 15
 QUANTILES = (0.5, 0.9, 1.0)
@@ -125,21 +128,7 @@ def write_report(folder, rows: pd.DataFrame, configs: list[dict], context: dict)
 
 # --- HTML ---------------------------------------------------------------------------------------------------------
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.82em} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left} img{max-width:100%;border:1px solid #eee}
-.bad{background:#fcbba1}.good{background:#e5f5e0} .note{color:#555;font-size:.9em}
-"""
-
-
 def render_html(summary: dict, rows: pd.DataFrame) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     good = rows[rows["status"] == "ok"]
     parts = [f"<h1>fidelity corpus sweep: {_e(summary.get('model', ''))} on {_e(summary.get('source', ''))}</h1>",
              _meta(summary), "<h2>Does the port hold?</h2>", _config_table(summary)]
@@ -148,25 +137,19 @@ def render_html(summary: dict, rows: pd.DataFrame) -> str:
         if part.empty:
             continue
         parts.append(f"<h2>{_e(config['label'])}</h2>")
-        parts.append(_img(plt, _stage_plot(plt, part, config["label"])))
-        parts.append(_img(plt, _distribution_plot(plt, part)))
+        parts.append(_img(_stage_plot(part, config["label"])))
+        parts.append(_img(_distribution_plot(part)))
     worst = [{"clip": r["clip_id"], "configuration": f"{r['candidate']}/{r['dtype']}/{r['device']}",
               **{k: r.get(k) for k in _WORST_SHOWN}} for r in summary["worst"]]
     parts += ["<h2>Worst clips</h2>", "<p class='note'>ranked by their worst stage-output noise-floor ratio in "
               "isolation (chained where isolation did not run); every column in worst.csv</p>", _table(worst)]
     if summary["errors"]:
         parts += [f"<h2>Errors ({len(summary['errors'])})</h2>", _table(summary["errors"])]
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fidelity corpus sweep</title>"
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+    return page("fidelity corpus sweep", "\n".join(parts))
 
 
 _WORST_SHOWN = ("first_divergence", "worst_local_tap", "worst_local_floor_ratio", "worst_tap", "worst_floor_ratio",
                 "ln_post_cosine", "transcripts_identical", "wer_vs_reference", "first_parting_token")
-
-
-def _e(text) -> str:
-    return html.escape(str(text))
 
 
 def _meta(summary: dict) -> str:
@@ -194,31 +177,7 @@ def _config_table(summary: dict) -> str:
     return "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"
 
 
-def _table(records: list[dict]) -> str:
-    if not records:
-        return "<p>none</p>"
-    columns = list(records[0])
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in records)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.9f}" if 0.99 < value < 1.0 else f"{value:.3g}"
-    return str(value)
-
-
-def _img(plt, figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    return f"<p><img alt='plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'></p>"
-
-
-def _stage_plot(plt, part: pd.DataFrame, label: str):
+def _stage_plot(part: pd.DataFrame, label: str):
     """Noise-floor ratio of each stage output across clips: boxes (chained, and local where isolated)."""
     flat = stage_frame(part)
     taps = list(dict.fromkeys(flat["tap"]))
@@ -250,7 +209,7 @@ def _stage_plot(plt, part: pd.DataFrame, label: str):
     return fig
 
 
-def _distribution_plot(plt, part: pd.DataFrame):
+def _distribution_plot(part: pd.DataFrame):
     """ln_post floor ratio histogram, first divergence counts, and (if transcribed) WER against the truth."""
     has_wer = part["wer_candidate_vs_truth"].notna().any()
     fig, axes = plt.subplots(1, 3 if has_wer else 2, figsize=(13, 3.4))

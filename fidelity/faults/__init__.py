@@ -6,14 +6,14 @@ recompile). Where a weight change reproduces a bug exactly (x + 0 is x, a
 kernel-averaged filter applied at the centre frame is the averaging convolution),
 the catalogue uses it. Block-specific faults pick their block from the model's depth.
 
-`localize` runs one fault with isolation and says which stage the workbench named;
-`python -m fidelity.faults` (`__main__.py`) is the proof run over the catalogue.
+The catalogue registers itself as the candidate spec `max:FAULT` (`fidelity.candidates.specs`);
+`proof.localize` runs one fault with isolation and says which stage the workbench named;
+`python -m fidelity.faults` is the proof run over the catalogue.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,10 +21,9 @@ import numpy as np
 from whisper.model import ModelDimensions
 
 from ..candidates.base import CandidateConfig
-from ..candidates.max_builtin import BuiltinCandidate, MaxOptions
+from ..candidates.max_builtin import BuiltinCandidate, MaxOptions, options_for
+from ..candidates.specs import Provider, register
 from ..errors import FidelityError
-from ..pipeline import Plan, compare_candidate
-from ..taps import encoder_taps
 
 Weights = dict[str, np.ndarray]
 
@@ -158,42 +157,16 @@ def get_fault(name: str, dims: ModelDimensions) -> Fault:
 def faulty_candidate(checkpoint, fault: Fault, config: CandidateConfig | None = None,
                      options: MaxOptions | None = None) -> BuiltinCandidate:
     """The built-in MAX candidate with `fault` injected."""
-    candidate = BuiltinCandidate(checkpoint, config, fault.options(options or MaxOptions()),
+    config = config or CandidateConfig()
+    candidate = BuiltinCandidate(checkpoint, config, fault.options(options or options_for(config)),
                                  transform=fault.transform(checkpoint.dims))
     candidate.name = f"max-builtin+{fault.name}"
     return candidate
 
 
-def localize(checkpoint, references, mel: np.ndarray, fault: Fault | None,
-             config: CandidateConfig | None = None) -> dict:
-    """Run the built-in candidate (with `fault`, or clean) with isolation: the stage named, how far ln_post moved."""
-    dims = checkpoint.dims
-    start = time.perf_counter()
-    candidate = faulty_candidate(checkpoint, fault, config) if fault else BuiltinCandidate(checkpoint, config)
-    plan = Plan(tuple(t.name for t in encoder_taps(dims) if not t.optional), isolate=True)
-    comparison = compare_candidate(candidate, references, mel, plan)
-    stage = comparison.first_stage
-    expected = fault.expected(dims) if fault else None
-    internal = [found["stage"] for found in comparison.internal_differences]
-    post = comparison.row("encoder.ln_post")
-    if fault is not None and fault.internal and stage is None and internal:
-        # A key bias shifts every key's logit by the same q.b for a query, which the softmax cancels:
-        # the stage output is sound, and the workbench names the stage as an internal difference.
-        stage, how = internal[0], "internal difference"
-    else:
-        how = "divergence" if stage else None
-    return {
-        "fault": fault.name if fault else "clean",
-        "description": fault.description if fault else "the clean candidate",
-        "expected": expected,
-        "localized": stage,
-        "how": how,
-        "internal_differences": internal,
-        "first_tap": comparison.first_divergence,
-        "first_tap_chained": comparison.first_divergence_chained,
-        "correct": stage == expected,
-        "ln_post_cosine": post.stats.as_dict()["cosine"],
-        "ln_post_rel_l2": post.stats.as_dict()["rel_l2"],
-        "ln_post_verdict": post.verdict,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+def _build(checkpoint, config: CandidateConfig, name: str) -> BuiltinCandidate:
+    return faulty_candidate(checkpoint, get_fault(name, checkpoint.dims), config)
+
+
+register(Provider("max:", "the built-in MAX encoder with a catalogued porting bug", ("float32", "bfloat16", "float16"),
+                  _build, arguments=lambda: list(FAULTS)))

@@ -10,61 +10,36 @@ with how many images rendered, for the browser test.
 
 from __future__ import annotations
 
-import base64
 import difflib
-import html
-import io
 import math
 
-import matplotlib
+import numpy as np
+from matplotlib.colors import LogNorm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.82em} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left;font-family:monospace}
-.ok{background:#e5f5e0}.diverged,.nonfinite,.shape_mismatch,.not_run,.inconsistent{background:#fcbba1}.bad_input{background:#fee6ce}
-.meta td{text-align:left} img{max-width:100%;border:1px solid #eee}
-del{background:#fcbba1;text-decoration:line-through} ins{background:#c7e9c0;text-decoration:none}
-.transcript{font-family:Georgia,serif;line-height:1.5;max-width:60em}
-"""
-
-_CHECK_SCRIPT = """
-window.addEventListener('load', function () {
-  var images = Array.prototype.slice.call(document.images);
-  var rendered = images.filter(function (im) { return im.complete && im.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images-rendered', rendered + '/' + images.length);
-});
-"""
+from .error_maps import EDGES, ErrorMap
+from .html_parts import escape as _e
+from .html_parts import image as _img
+from .html_parts import number, page, plt
+from .html_parts import table as html_table
 
 
-def render_html(doc: dict, errors: dict[str, np.ndarray], heatmap_tap: str | None = None) -> str:
-    """The whole page as a string."""
+def render_html(doc: dict, maps: dict[str, ErrorMap], heatmap_tap: str | None = None) -> str:
+    """The whole page as a string; `maps` are the walk's error maps (`fidelity.report.error_maps`)."""
     rows = doc["taps"]
     heat = heatmap_tap or doc.get("first_divergence") or rows[-1]["name"]
     parts = [f"<h1>fidelity report: {_e(doc['model']['name'])} on {_e(doc['audio']['source'])}</h1>",
              _meta(doc), "<h2>Divergence across taps</h2>", _img(_curve(doc))]
-    worst = sorted((r for r in rows if r["name"] in errors), key=lambda r: -(r["noise_floor_ratio"] or math.inf))[:3]
+    worst = sorted((r for r in rows if r["name"] in maps), key=lambda r: -(r["noise_floor_ratio"] or math.inf))[:3]
     if worst:
-        parts += ["<h2>Error histograms of the worst taps</h2>", _img(_histograms(worst, errors))]
-    if heat in errors:
-        parts += [f"<h2>Where the error sits: {_e(heat)}</h2>", _img(_heatmap(heat, errors[heat]))]
+        parts += ["<h2>Error histograms of the worst taps</h2>", _img(_histograms(worst, maps))]
+    if heat in maps:
+        parts += [f"<h2>Where the error sits: {_e(heat)}</h2>", _img(_heatmap(maps[heat]))]
     parts += ["<h2>Per-tap statistics</h2>", _table(doc)]
     if "e2e" in doc:
         parts += ["<h2>Transcripts</h2>", _transcripts(doc["e2e"])]
         if "teacher" in doc["e2e"]:
             parts += ["<h2>Teacher forced: next-token KL along the transcript</h2>", _teacher(doc["e2e"]["teacher"])]
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fidelity: {_e(doc['model']['name'])}"
-            f"</title><style>{_STYLE}</style></head><body>{body}<script>{_CHECK_SCRIPT}</script></body></html>\n")
-
-
-def _e(text) -> str:
-    return html.escape(str(text))
+    return page(f"fidelity: {doc['model']['name']}", "\n".join(parts))
 
 
 def _meta(doc: dict) -> str:
@@ -81,14 +56,6 @@ def _meta(doc: dict) -> str:
              ("capture problems", ", ".join(doc.get("capture_problems") or []) or "none"),
              ("versions", versions), ("created", doc.get("created", "")), ("command", doc.get("command", ""))]
     return "<table class='meta'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"
-
-
-def _img(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<p><img alt='plot' src='data:image/png;base64,{data}'></p>"
 
 
 def _series(rows: list[dict], key: str, transform=lambda v: v) -> np.ndarray:
@@ -117,14 +84,14 @@ def _curve(doc: dict):
     return fig
 
 
-def _histograms(worst: list[dict], errors: dict[str, np.ndarray]):
+def _histograms(worst: list[dict], maps: dict[str, ErrorMap]):
     fig, axes = plt.subplots(1, len(worst), figsize=(4 * len(worst), 3), squeeze=False)
     for axis, row in zip(axes[0], worst):
-        values = errors[row["name"]].ravel()
-        values = values[values > 0]
-        if values.size:
-            bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
-            axis.hist(values, bins=bins, color="#3182bd")
+        counts = maps[row["name"]].counts
+        used = np.flatnonzero(counts)
+        if used.size:
+            span = slice(used[0], used[-1] + 1)
+            axis.stairs(counts[span], EDGES[used[0]:used[-1] + 2], fill=True, color="#3182bd")
             axis.set_xscale("log")
         axis.set_title(f"{row['name'].replace('encoder.', '')}\n{row['noise_floor_ratio'] or float('nan'):.2f}x floor",
                        fontsize=8)
@@ -133,16 +100,13 @@ def _histograms(worst: list[dict], errors: dict[str, np.ndarray]):
     return fig
 
 
-def _heatmap(name: str, error: np.ndarray):
-    if error.ndim == 3:  # attention weights: heads x queries x keys -> mean over heads
-        error = error.mean(axis=0)
-    elif name.startswith("encoder.conv"):  # channels x frames -> frames x channels
-        error = error.T
+def _heatmap(error_map: ErrorMap):
+    error = error_map.heat
     fig, axis = plt.subplots(figsize=(12, 3.5))
     image = axis.imshow(error.T, aspect="auto", origin="lower", cmap="magma",
-                        norm=matplotlib.colors.LogNorm(vmin=max(float(error[error > 0].min(initial=1e-12)), 1e-12),
+                        norm=LogNorm(vmin=max(float(error[error > 0].min(initial=1e-12)), 1e-12),
                                                        vmax=max(float(error.max()), 1e-11)))
-    axis.set_xlabel("frame (time)")
+    axis.set_xlabel("frame (time), max over pooled frames" if error_map.heat.shape[0] >= 400 else "frame (time)")
     axis.set_ylabel("channel")
     fig.colorbar(image, ax=axis, label="|candidate - float64|")
     fig.tight_layout()
@@ -155,28 +119,7 @@ def _table(doc: dict) -> str:
         columns += ["local_noise_floor_ratio", "local_verdict"]
     if any("consistency_verdict" in r for r in doc["taps"]):
         columns += ["consistency_ratio", "consistency_verdict"]
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = []
-    for row in doc["taps"]:
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            css = f" class='{_e(value)}'" if column.endswith("verdict") and value else ""
-            cells.append(f"<td{css}>{_e(_fmt(column, value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _fmt(column: str, value) -> str:
-    if value is None:
-        return "-"
-    if column == "shape":
-        return "x".join(map(str, value))
-    if column == "cosine":
-        return f"{value:.9f}"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    return html_table(doc["taps"], columns, lambda column, value: value if column.endswith("verdict") else None)
 
 
 def _transcripts(e2e: dict) -> str:
@@ -216,8 +159,8 @@ def _teacher(teacher: dict) -> str:
                                                  "floor moved it", "near-tie threshold", "near tie"))
         body = "".join(
             f"<tr><td>{f['window']}</td><td>{f['token_index']}</td><td>{_e(f['context'][-50:])}</td>"
-            f"<td>{_e(f['reference_token'])}</td><td>{_e(f['side_token'])}</td><td>{_fmt('m', f['margin'])}</td>"
-            f"<td>{_fmt('m', f['floor_movement'])}</td><td>{_fmt('m', f.get('near_tie_threshold'))}</td>"
+            f"<td>{_e(f['reference_token'])}</td><td>{_e(f['side_token'])}</td><td>{number(f['margin'])}</td>"
+            f"<td>{number(f['floor_movement'])}</td><td>{number(f.get('near_tie_threshold'))}</td>"
             f"<td class='{'ok' if f['near_tie'] else 'diverged'}'>{_e(f['near_tie'])}</td></tr>"
             for f in cand["flips"][:200])
         lines.append(f"<table><tr>{head}</tr>{body}</table>")
@@ -243,7 +186,7 @@ def _kl_curve(teacher: dict):
             y = value if value > 0 else np.nan
             axis.plot([j], [y], "v", color="#de2d26" if not flip["near_tie"] else "#fd8d3c", ms=7)
             if (flip["window"], flip["token_index"]) in labelled and value > 0:
-                label = f"{flip['reference_token']!r}->{flip['side_token']!r}\nmargin {_fmt('m', flip['margin'])}"
+                label = f"{flip['reference_token']!r}->{flip['side_token']!r}\nmargin {number(flip['margin'])}"
                 axis.annotate(label, (j, y), fontsize=6, xytext=(2, 6), textcoords="offset points")
         starts.append(offset)
         offset += n

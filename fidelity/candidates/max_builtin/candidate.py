@@ -8,40 +8,31 @@ comparison flow walk the encoder stage by stage and drop arrays as it goes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from max.driver import Buffer
 
 from ...checkpoints import Checkpoint
 from ...errors import FidelityError
 from ...taps import CONV_STEM, Stage, stages
 from ..base import Candidate, CandidateConfig
-from ..max_engine import host_array, session_for, to_device
+from ..max_engine import to_device
+from .graph_ops import Numerics
 from .stage_graphs import STAGE_KINDS, CompiledStage, MaxOptions, check_options
+from .weights import WeightTransform, weight_registry
+from .whole_graph import WholeEncoder
 
 log = logging.getLogger(__name__)
 
-WeightTransform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 Perturb = Callable[[str, np.ndarray], np.ndarray]
 
 
-def weight_registry(names: list[str], weights: dict[str, np.ndarray], prefix: str, config: CandidateConfig) -> dict:
-    """The weights a graph declares, taken strictly from `weights` under `prefix`, copied to its device.
-
-    MAX owns the copies, so no host array's lifetime matters once they have run."""
-    registry, sources = {}, []
-    device = session_for(config.device)[1]
-    for name in names:
-        key = prefix + name
-        if key not in weights:
-            raise FidelityError(f"the MAX graph needs weight {key}, which the checkpoint does not have")
-        source = host_array(weights[key], config.dtype)
-        sources.append(source)  # alive until the copies below have run (they may be queued)
-        registry[name] = Buffer.from_dlpack(source).copy(device)
-    device.synchronize()
-    return registry
+def options_for(config: CandidateConfig, numerics: Numerics | None = None) -> MaxOptions:
+    """The built-in's options for a config's forms (attention, capture, attention weights)."""
+    numerics = dataclasses.replace(numerics or Numerics(), attention=config.attention)
+    return MaxOptions(numerics=numerics, attention_weights=config.attention_weights, capture=config.capture)
 
 
 class BuiltinCandidate(Candidate):
@@ -75,8 +66,6 @@ class BuiltinCandidate(Candidate):
             raise FidelityError(f"checkpoint weights the MAX graph does not use: {', '.join(unused[:5])}")
         self.fused = None
         if self.options.capture == "fused":
-            from .whole_graph import WholeEncoder
-
             self.fused = WholeEncoder(checkpoint, self.config, self.options, tuple(self.available_taps()),
                                       transform)
             self.name = "max-builtin-fused"
@@ -159,5 +148,5 @@ class BuiltinCandidate(Candidate):
 
 
 def build(checkpoint: Checkpoint, config: CandidateConfig) -> BuiltinCandidate:
-    """The `--candidate` builder of the built-in encoder (default options)."""
-    return BuiltinCandidate(checkpoint, config)
+    """The built-in encoder in the forms `config` asks for (`--candidate max`)."""
+    return BuiltinCandidate(checkpoint, config, options_for(config))

@@ -16,9 +16,9 @@ from ...checkpoints import Checkpoint
 from ...taps import ENCODER_OUTPUT
 from ..base import CandidateConfig
 from ..max_engine import compile_graph, device_ref, session_for, to_device
-from .candidate import WeightTransform, weight_registry
 from .graph_ops import StageBuilder
 from .stage_graphs import MaxOptions, check_options, stage_input_type
+from .weights import WeightTransform, weight_registry
 
 
 def build_encoder_graph(dims, config: CandidateConfig, options: MaxOptions, outputs: tuple[str, ...]):

@@ -1,12 +1,12 @@
-"""The comparison flow: a candidate and a plan -> per-tap statistics and verdicts.
+"""The walk: a candidate and a plan -> per-tap statistics and verdicts, stage by stage.
 
-`References` is openai-whisper in float64 (the truth) and in the candidate's
-precision (the noise floor). `compare_candidate(candidate, references, mel, plan)`
-walks the encoder stage by stage, window by window: at each stage it runs the
-reference (and, for a candidate that `runs_by_stage`, the candidate), judges that
-stage's taps and drops their arrays, keeping only what the next stage reads. A
-candidate that runs only as a whole is run once per window and its taps are
-consumed stage by stage.
+`compare_candidate(candidate, references, mel, plan)` walks the encoder stage by
+stage, window by window: at each stage it runs the reference (`fidelity.reference`:
+float64 truth and the candidate's-precision floor) and, for a candidate that
+`runs_by_stage`, the candidate, judges that stage's taps and drops their arrays,
+keeping only what the next stage reads. A candidate that runs only as a whole is run
+once per window and its taps are consumed stage by stage. What a caller wants to keep
+of the arrays (dumps, error maps) it takes from them as they pass, as an observer.
 
 Isolation works the same for every candidate: each of its patchable taps is
 replaced by the float64 reference value (`run_patched`, or a stage run on the
@@ -20,20 +20,25 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from .candidates.base import Candidate, CapabilityError
-from .checkpoints import Checkpoint
-from .errors import CandidateCrash, FidelityError
-from .metrics import TapStats, compare, not_run, rmse_between
-from .report.files import DumpWriter
-from .runners.torch_ref import TorchRunner
-from .taps import ENCODER_OUTPUT, FRONT_END_TAP, Stage, front_end_stage, stages
-from .tolerances import CONSISTENCY_BUDGET, budget_for
-from .verdicts import TapResult, blame_bad_inputs, first_divergence, internal_differences, judge, judge_consistency
+from ..candidates.base import Candidate, CapabilityError
+from ..errors import CandidateCrash, FidelityError
+from ..metrics import TapStats, compare, not_run, rmse_between
+from ..reference.references import References
+from ..taps import FRONT_END_TAP, Stage, front_end_stage, stages
+from ..tolerances import CONSISTENCY_BUDGET, budget_for
+from ..verdicts import (
+    TapResult,
+    blame_bad_inputs,
+    capture_problems,
+    first_divergence,
+    internal_differences,
+    judge,
+    judge_consistency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,74 +47,50 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Plan:
-    """What to compare and what to keep.
+    """What to compare.
 
     `taps`: tap names to judge (execution order); `isolate`: also each tap's local error;
     `consistency`: recompute each span from the candidate's own captured input and flag
-    captured taps it does not reproduce; `keep_errors`: |candidate - float64| of each
-    tap's worst window (plots); `dump`: a folder to write every compared tensor of the
-    three sides to, stage by stage.
+    captured taps it does not reproduce.
     """
 
     taps: tuple[str, ...]
     isolate: bool = False
     consistency: bool = False
-    keep_errors: bool = False
-    dump: Path | None = None
 
 
-class References:
-    """openai-whisper in float64 and in the candidate's precision.
+class TapObserver(Protocol):
+    """Takes what it wants of each judged tap's arrays as the walk passes (dumps, error maps).
 
-    `cache_bytes` > 0 keeps reference results per (window, stage, patches) up to that many
-    bytes, for comparing several candidates (the fault catalogue) against one set of runs."""
+    `sides`: "candidate" (None when the candidate did not produce the tap), "reference" (openai-whisper
+    in the floor's precision) and "reference64" (float64), each (1, *shape) for window `window`."""
 
-    def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", tf32: bool = False,
-                 cache_bytes: int = 0):
-        self.dims = checkpoint.dims
-        self.truth = TorchRunner(checkpoint, "float64", "cpu")
-        self.floor = TorchRunner(checkpoint, dtype, device, tf32=tf32)
-        self.cache_bytes = cache_bytes
-        self._cache: dict[tuple, Arrays] = {}
-        self._cached = 0
-
-    def run_stage(self, side: str, stage: Stage, x: np.ndarray, taps: set[str], key: tuple,
-                  patches: Arrays | None = None) -> Arrays:
-        """`side` ('truth' or 'floor') run on one stage; `key` names the input (for the cache)."""
-        runner = self.truth if side == "truth" else self.floor
-        cache_key = (side, stage.name, key, tuple(sorted(taps)), tuple(sorted(patches or {})))
-        if cache_key in self._cache:
-            return self._cache[cache_key]
-        out = runner.run_stage(stage, x, taps, patches)
-        size = sum(a.nbytes for a in out.values())
-        if self._cached + size <= self.cache_bytes:
-            self._cache[cache_key] = out
-            self._cached += size
-        return out
+    def observe(self, window: int, result: TapResult, sides: dict[str, np.ndarray | None]) -> None: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
     """Per-tap results over all windows (each tap's worst window) and per-window summaries."""
 
-    rows: list[TapResult]
-    windows: list[dict]
+    rows: tuple[TapResult, ...]
+    windows: tuple[dict, ...]
     isolated: bool
     outputs: dict[str, str]  # stage -> its output tap
-    timings: dict = field(default_factory=dict)
-    errors: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> |candidate - float64|, one window
-    candidate: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # candidate_s, reference_s, metrics_s
     cut: frozenset[str] = frozenset()  # isolation: internal taps the stage output did not read (patched after)
+
+    def row(self, name: str) -> TapResult:
+        return next(r for r in self.rows if r.name == name)
 
     @property
     def first_divergence(self) -> str | None:
         """With isolation, the first tap whose *local* error is over budget; else the first failing tap.
         Taps of a stage whose output is within budget (and read them) are internal differences instead."""
-        return first_divergence(self.rows, self.isolated, self.outputs, self.cut)
+        return first_divergence(list(self.rows), self.isolated, self.outputs, self.cut)
 
     @property
     def first_divergence_chained(self) -> str | None:
-        return first_divergence(self.rows, False, self.outputs)
+        return first_divergence(list(self.rows), False, self.outputs)
 
     @property
     def first_stage(self) -> str | None:
@@ -119,10 +100,11 @@ class Comparison:
 
     @property
     def internal_differences(self) -> list[dict]:
-        return internal_differences(self.rows, self.outputs, self.isolated, self.cut)
+        return internal_differences(list(self.rows), self.outputs, self.isolated, self.cut)
 
-    def row(self, name: str) -> TapResult:
-        return next(r for r in self.rows if r.name == name)
+    @property
+    def capture_problems(self) -> list[str]:
+        return capture_problems(list(self.rows))
 
 
 def check_plan(candidate: Candidate, plan: Plan) -> None:
@@ -137,12 +119,12 @@ def check_plan(candidate: Candidate, plan: Plan) -> None:
 
 
 def compare_candidate(candidate: Candidate, references: References, mel: np.ndarray, plan: Plan,
-                      samples: np.ndarray | None = None) -> Comparison:
+                      samples: np.ndarray | None = None, observers: Sequence[TapObserver] = ()) -> Comparison:
     """Judge the planned taps of `candidate` on every window of `mel` (windows, n_mels, frames).
 
     A candidate with its own front end is run on the mel it computes from `samples`
     (16 kHz), compared with `mel` (openai-whisper's) at `frontend.mel`; the reference
-    always reads `mel`.
+    always reads `mel`. Each judged tap's arrays pass every observer before they are dropped.
     """
     check_plan(candidate, plan)
     if references.floor.dtype != candidate.floor_dtype:
@@ -156,16 +138,14 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
     offered = set(candidate.available_taps()) | ({FRONT_END_TAP} if front else set())
     taps = [t for s in walk for t in s.taps if t.name in set(plan.taps) and t.name in offered]
     timings = {"candidate_s": 0.0, "reference_s": 0.0, "metrics_s": 0.0}
-    cand_mel = _call(candidate, "front_end", candidate.front_end, samples) if front else None
+    cand_mel = call_candidate(candidate, "front_end", candidate.front_end, samples) if front else None
     truth_mel = references.truth.front_end(samples) if front else None
-    dump = DumpWriter(plan.dump, len(mel)) if plan.dump is not None else None
     best: dict[str, TapResult] = {}
-    errors: dict[str, np.ndarray] = {}
     windows = []
     outputs = {s.name: s.output for s in walk}
     cut = _cut(walk, set(candidate.patchable_taps())) if plan.isolate else frozenset()
     for index in range(len(mel)):
-        walker = _Window(candidate, references, plan, taps, timings, dump, index)
+        walker = _Window(candidate, references, plan, taps, timings, observers, index)
         own_mel = None
         if front:
             own_mel = cand_mel[index:index + 1] if index < len(cand_mel) else None
@@ -174,21 +154,10 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
         windows.append({"index": index, "first_divergence": first_divergence(rows, plan.isolate, outputs, cut),
                         "ln_post": _summary(rows, "encoder.ln_post")})
         for row in rows:
-            if row.name not in best or _worse(row.stats, best[row.name].stats):
+            if row.name not in best or worse(row.stats, best[row.name].stats):
                 best[row.name] = row
-                if row.name in walker.errors:
-                    errors[row.name] = walker.errors[row.name]
         log.info("window %d/%d compared", index + 1, len(mel))
-    if dump is not None:
-        dump.close()
-    start = time.perf_counter()
-    effect = _probe_effect(candidate, mel)
-    timings["candidate_s"] += time.perf_counter() - start
-    described = candidate.describe()
-    if effect is not None:
-        described["probe_effect"] = effect
-    return Comparison([best[t.name] for t in taps], windows, plan.isolate, outputs, timings, errors, described,
-                      cut)
+    return Comparison(tuple(best[t.name] for t in taps), tuple(windows), plan.isolate, outputs, timings, cut)
 
 
 def _cut(walk: list[Stage], patchable: set[str]) -> frozenset[str]:
@@ -202,17 +171,8 @@ def _cut(walk: list[Stage], patchable: set[str]) -> frozenset[str]:
     return frozenset(cut)
 
 
-def _probe_effect(candidate: Candidate, mel: np.ndarray) -> dict | None:
-    """The encoder output with taps off against taps on, worst over the windows of openai-whisper's mel."""
-    effects = [_call(candidate, "probe_effect", candidate.probe_effect, mel[i:i + 1]) for i in range(len(mel))]
-    if not effects or effects[0] is None:
-        return None
-    return {"tap": ENCODER_OUTPUT, "max_abs": max(e.max_abs for e in effects),
-            "rel_l2": max(e.rel_l2 for e in effects)}
-
-
-def _call(candidate: Candidate, action: str, fn, *args):
-    """Call into the candidate; what it raises (other than a refusal) is its crash."""
+def call_candidate(candidate: Candidate, action: str, fn, *args):
+    """Call into the candidate; what it raises (other than a refusal) is its crash, never a divergence."""
     try:
         return fn(*args)
     except FidelityError:
@@ -225,15 +185,14 @@ class _Window:
     """One window's walk through the stages: run, judge, drop."""
 
     def __init__(self, candidate: Candidate, references: References, plan: Plan, taps, timings: dict,
-                 dump: DumpWriter | None, index: int):
-        self.candidate, self.refs, self.plan, self.timings, self.dump, self.index = (
-            candidate, references, plan, timings, dump, index)
+                 observers: Sequence[TapObserver], index: int):
+        self.candidate, self.refs, self.plan, self.timings, self.observers, self.index = (
+            candidate, references, plan, timings, observers, index)
         self.wanted = {t.name for t in taps}
         self.taps = taps
         self.patchable = set(candidate.patchable_taps()) if plan.isolate else set()
         self.front = candidate.has_front_end
         self.rows: list[TapResult] = []
-        self.errors: Arrays = {}
 
     def front_end(self, own: np.ndarray | None, truth: np.ndarray, reference_mel: np.ndarray) -> None:
         stage = front_end_stage(self.refs.dims)
@@ -293,13 +252,14 @@ class _Window:
             log.warning("chain stops before %s: it needs frames x width %s, the candidate made %s", stage.name,
                         (self.refs.dims.n_audio_ctx, self.refs.dims.n_audio_state), tuple(x.shape[1:]))
             return None
-        return _call(self.candidate, action, self.candidate.run_stage, stage, x, sorted(need))
+        return call_candidate(self.candidate, action, self.candidate.run_stage, stage, x, sorted(need))
 
     def _whole_runs(self, mel: np.ndarray, cand_mel: np.ndarray, key) -> tuple:
         """(chained, isolated, recomputed) tap dicts of a candidate that runs only as a whole."""
         names = sorted(self.wanted | self.patchable | {s.output for s in stages(self.refs.dims)})
         start = time.perf_counter()
-        chained = _call(self.candidate, "run", self.candidate.run, cand_mel, names) if cand_mel is not None else {}
+        chained = (call_candidate(self.candidate, "run", self.candidate.run, cand_mel, names)
+                   if cand_mel is not None else {})
         local = recomputed = None
         if self.plan.isolate:
             self.timings["candidate_s"] += time.perf_counter() - start
@@ -307,11 +267,11 @@ class _Window:
             truth = self.refs.truth.run(mel, sorted(self.patchable))  # the float64 value of each patched tap
             self.timings["reference_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            local = _call(self.candidate, "run_patched", self.candidate.run_patched, mel, truth, names)
+            local = call_candidate(self.candidate, "run_patched", self.candidate.run_patched, mel, truth, names)
         if self.plan.consistency and cand_mel is not None:
             patchable = set(self.candidate.patchable_taps())
             own = {k: v for k, v in chained.items() if k in patchable}
-            recomputed = _call(self.candidate, "run_patched", self.candidate.run_patched, cand_mel, own, names)
+            recomputed = call_candidate(self.candidate, "run_patched", self.candidate.run_patched, cand_mel, own, names)
         self.timings["candidate_s"] += time.perf_counter() - start
         return chained, local, recomputed
 
@@ -331,14 +291,13 @@ class _Window:
                 local = (compare(cand_local[name], truth[name], floor_local[name]) if name in cand_local
                          else not_run(truth[name].shape))
             ratio = _consistency(recomputed, cand, name, stats) if recomputed is not None else None
-            self.rows.append(TapResult(name, stage.name, stats, budget, judge(stats, budget), self.index,
-                                       local, judge(local, budget) if local else None, ratio,
-                                       judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None))
-            if self.plan.keep_errors and stats.ran and stats.shape_ok:
-                self.errors[name] = np.abs(cand[name][0] - truth[name][0]).astype(np.float32)
-            if self.dump is not None:
-                self.dump.write(self.index, name, {"candidate": cand.get(name), "reference": floor[name],
-                                                   "reference64": truth[name]})
+            result = TapResult(name, stage.name, stats, budget, judge(stats, budget), self.index,
+                               local, judge(local, budget) if local else None, ratio,
+                               judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None)
+            self.rows.append(result)
+            for observer in self.observers:
+                observer.observe(self.index, result, {"candidate": cand.get(name), "reference": floor[name],
+                                                      "reference64": truth[name]})
         self.timings["metrics_s"] += time.perf_counter() - start
 
 
@@ -358,7 +317,8 @@ def _consistency(recomputed: Arrays, captured: Arrays, name: str, stats: TapStat
     return gap / floor
 
 
-def _worse(a: TapStats, b: TapStats) -> bool:
+def worse(a: TapStats, b: TapStats) -> bool:
+    """Whether `a` is further from the reference than `b`, in noise floors (a failed tap is worst)."""
     def badness(s: TapStats) -> float:
         if not s.ran or not s.shape_ok or not s.finite or math.isnan(s.noise_floor_ratio):
             return math.inf
@@ -372,8 +332,3 @@ def _summary(rows: list[TapResult], name: str) -> dict | None:
             return {"cosine": row.stats.as_dict()["cosine"], "rel_l2": row.stats.as_dict()["rel_l2"],
                     "verdict": row.verdict}
     return None
-
-
-def plan_for(taps: Sequence[str], **kwargs) -> Plan:
-    """A `Plan` from tap names (or `Tap`s) and the flags."""
-    return Plan(tuple(t if isinstance(t, str) else t.name for t in taps), **kwargs)

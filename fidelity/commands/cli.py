@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import CandidateCrash, FidelityError
+from ..errors import CandidateCrash, FidelityError
 
 log = logging.getLogger("fidelity")
 
@@ -66,7 +66,7 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
 
 def write_crash_log(prog: str) -> Path | str:
     """The current exception's traceback in a new log under <cache>/crashes; its path (or why not)."""
-    from .checkpoints import cache_dir  # torch-heavy; only on a crash
+    from ..checkpoints import cache_dir  # torch-heavy; only on a crash
 
     path = cache_dir() / "crashes" / f"{prog}-{datetime.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
     try:
@@ -75,3 +75,26 @@ def write_crash_log(prog: str) -> Path | str:
     except OSError as exc:
         return f"<crash log not written: {exc}>"
     return path
+
+
+def parse_choices(text: str, allowed, flag: str) -> list[str]:
+    """A comma list of names, each one of `allowed`; one line naming the unknown ones otherwise."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown or not items:
+        raise FidelityError(f"{flag}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_counts(text: str, flag: str) -> list[int]:
+    """A comma list of whole numbers, each at least 1."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            raise FidelityError(f"{flag}: {item!r} is not a whole number") from None
+        if value < 1:
+            raise FidelityError(f"{flag}: each value must be at least 1, got {value}")
+        values.append(value)
+    return values

@@ -32,12 +32,10 @@ from whisper.model import AudioEncoder, LayerNorm, disable_sdpa
 
 from .. import audio
 from ..checkpoints import Checkpoint
-from ..devices import check_device
+from ..devices import torch_device
 from ..errors import FidelityError
+from ..precisions import torch_dtype
 from ..taps import CONV_STEM, ENCODER_OUTPUT, LN_POST, Stage, stages
-
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
-                "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Arrays = dict[str, np.ndarray]
 
@@ -62,12 +60,9 @@ class TorchRunner:
     """openai-whisper's `AudioEncoder` in one precision, run stage by stage, taps captured by hooks."""
 
     def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", tf32: bool = False):
-        if dtype not in TORCH_DTYPES:
-            raise FidelityError(f"unknown reference dtype {dtype!r}")
+        self.torch_dtype = torch_dtype(dtype)
         self.dtype, self.tf32 = dtype, tf32
-        self.device = torch.device("cuda" if check_device(device) == "gpu" else "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise FidelityError("--device gpu: torch sees no CUDA device")
+        self.device = torch_device(device)
         d = checkpoint.dims
         with torch.device("meta"):
             encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
@@ -168,8 +163,8 @@ class TorchRunner:
 
     def _tensor(self, array) -> torch.Tensor:
         if isinstance(array, torch.Tensor):
-            return array.to(self.device, TORCH_DTYPES[self.dtype])
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, TORCH_DTYPES[self.dtype])
+            return array.to(self.device, self.torch_dtype)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self.torch_dtype)
 
     @contextlib.contextmanager
     def _numerics(self, root: nn.Module):

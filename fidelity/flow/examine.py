@@ -1,0 +1,174 @@
+"""One request in, one examination out: `examine(request)`, or an `Examiner` kept for many clips.
+
+The flow, in order: the request's checkpoint, taps and clip are checked and loaded; the
+candidate is built from its spec (compiling what it needs); openai-whisper gives the
+truth and the floor; the walk judges every planned tap (`fidelity.flow.walk`); a port's
+probe effect is judged against the floor; with `e2e`, both encoders transcribe and
+the decoder is teacher-forced (`fidelity.e2e`). Nothing here writes a file: callers
+hand observers to keep arrays (dumps, error maps) and write the examination's document.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import audio, checkpoints
+from .. import taps as tapmod
+from ..candidates import specs
+from ..candidates.base import Candidate, CapabilityError
+from ..errors import FidelityError
+from ..provenance import reference_platform, versions
+from ..reference.references import References
+from .examination import Examination, ProbeEffect, Setting
+from .request import Request
+from .walk import Comparison, Plan, TapObserver, call_candidate, compare_candidate
+
+log = logging.getLogger(__name__)
+
+# Observing moves a port's output; at this fraction of the floor's own error or more it is material.
+MATERIAL_PROBE_EFFECT = 0.25
+
+
+def examine(request: Request, observers: Sequence[TapObserver] = (),
+            on_comparison: Callable[[Comparison], None] | None = None) -> Examination:
+    """Examine the request's clip (see `Examiner.examine`)."""
+    return Examiner(request).examine(observers=observers, on_comparison=on_comparison)
+
+
+class Examiner:
+    """What a request needs, checked and loaded once: checkpoint, taps, clip, candidate, references.
+
+    `references` may be shared between examiners of one checkpoint (the fault catalogue
+    compares many candidates against one set of reference runs)."""
+
+    def __init__(self, request: Request, references: References | None = None):
+        self.request = request
+        self.checkpoint = (request.model if isinstance(request.model, checkpoints.Checkpoint)
+                           else checkpoints.load_checkpoint(request.model))
+        dims = self.checkpoint.dims
+        selected = tapmod.select_taps(dims, request.taps)
+        self.sensitivity = _check_flags(request, dims)
+        self.clip = _load_clip(request.audio, request.e2e)
+        log.info("model %s", self.checkpoint.summary())
+        self.spec = None if isinstance(request.candidate, Candidate) else specs.parse(request.candidate)
+        if self.sensitivity and (self.spec is None or self.spec.provider is None or self.spec.provider.name != "max"):
+            raise FidelityError("--sensitivity perturbs the built-in candidate only: leave out --candidate")
+        started = time.perf_counter()
+        self.candidate = request.candidate if self.spec is None else specs.build(
+            self.spec, self.checkpoint, request.candidate_config(any(t.optional for t in selected)))
+        self.build_seconds = time.perf_counter() - started
+        if request.e2e and tapmod.ENCODER_OUTPUT not in self.candidate.available_taps():
+            raise CapabilityError(f"--e2e needs the encoder output ({tapmod.ENCODER_OUTPUT}); candidate "
+                                  f"{self.candidate.name} does not give it")
+        front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
+        self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency)
+        self.references = references or References(self.checkpoint, self.candidate.floor_dtype, request.device,
+                                                   tf32=request.tf32_reference)
+        self._whisper = None
+
+    @property
+    def fault(self) -> str | None:
+        """The catalogued fault the candidate carries (`max:FAULT`), if any."""
+        return self.spec.argument if self.spec is not None and self.spec.provider is not None else None
+
+    def examine(self, clip: audio.Clip | None = None, observers: Sequence[TapObserver] = (),
+                on_comparison: Callable[[Comparison], None] | None = None, truth: str | None = None) -> Examination:
+        """Examine `clip` (default: the request's; `truth`: its ground truth, default the request's).
+        `on_comparison` gets the per-tap comparison as soon as it is done, before the probe effect and
+        the transcripts (a command prints its first answer)."""
+        started = time.perf_counter()
+        clip = clip or self.clip
+        if clip is None:
+            raise FidelityError("no audio to examine: give the request an audio file or pass a clip")
+        mel = audio.mel_windows(clip, self.checkpoint.dims.n_mels)
+        log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))
+        comparison = compare_candidate(self.candidate, self.references, mel, self.plan, clip.samples, observers)
+        if on_comparison is not None:
+            on_comparison(comparison)
+        timings = dict(comparison.timings)
+        start = time.perf_counter()
+        effect = self._probe_effect(mel, comparison) if self.request.probe_effect else None
+        timings["probe_effect_s"] = time.perf_counter() - start
+        e2e = None
+        if self.request.e2e:
+            start = time.perf_counter()
+            e2e = self._end_to_end(clip, truth or self.request.truth)
+            timings["e2e_s"] = time.perf_counter() - start
+        timings["compile_s"] = getattr(self.candidate, "compile_seconds", 0.0)
+        timings["total_s"] = time.perf_counter() - started + self.build_seconds
+        return Examination(self.request, self._setting(clip, len(mel)), comparison, effect, e2e, timings)
+
+    # -- parts -----------------------------------------------------------------------
+    def _setting(self, clip: audio.Clip, windows: int) -> Setting:
+        return Setting(self.checkpoint.name, asdict(self.checkpoint.dims),
+                       {"source": clip.source, "seconds": round(clip.seconds, 3), "windows": windows,
+                        "window_starts": audio.window_starts(clip)},
+                       self.candidate.describe(), self.fault, versions(), reference_platform())
+
+    def _probe_effect(self, mel: np.ndarray, comparison: Comparison) -> ProbeEffect | None:
+        """The port's output with probes off against every probe an output, worst over the windows, judged
+        against the floor's own error at the encoder output."""
+        effects = [call_candidate(self.candidate, "probe_effect", self.candidate.probe_effect, mel[i:i + 1])
+                   for i in range(len(mel))]
+        if not effects or effects[0] is None:
+            return None
+        post = next((r for r in comparison.rows if r.name == tapmod.ENCODER_OUTPUT), None)
+        floor = post.stats.noise_floor if post is not None and math.isfinite(post.stats.noise_floor) else math.nan
+        worst = max(effects, key=lambda e: e.rmse)
+        material = not math.isfinite(floor) or worst.rmse >= MATERIAL_PROBE_EFFECT * floor
+        effect = ProbeEffect(tapmod.ENCODER_OUTPUT, max(e.max_abs for e in effects), max(e.rel_l2 for e in effects),
+                             worst.rmse, floor, material)
+        if material:
+            log.warning("observing moves %s by %.2gx the floor's own error (rms %.3g): the taps are of the probed "
+                        "graph, which computes differently from the port as it runs unprobed", effect.tap,
+                        effect.floor_fraction, effect.rmse)
+        return effect
+
+    def _end_to_end(self, clip: audio.Clip, truth: str | None) -> dict:
+        from ..e2e import end_to_end, noise_sweep
+
+        candidate, request = self.candidate, self.request
+        if self._whisper is None:
+            from ..devices import torch_device
+
+            self._whisper = self.checkpoint.whisper_model().to(torch_device(candidate.device))
+
+        def encode(mel):
+            return call_candidate(candidate, "encode (--e2e)", candidate.encode, mel)
+
+        result = end_to_end(self._whisper, self.checkpoint, clip.samples, encode, truth, candidate.device,
+                            candidate.floor_dtype)
+        if self.sensitivity:
+            result["sensitivity"] = {"tap": self.sensitivity,
+                                     "rows": noise_sweep(self._whisper, clip.samples, candidate, self.sensitivity,
+                                                         list(request.noise_levels), result["reference_text"])}
+        return result
+
+
+def _check_flags(request: Request, dims) -> str | None:
+    """Refuse flag combinations that cannot work, before any work; the sensitivity tap, resolved."""
+    if (request.truth or request.sensitivity) and not request.e2e:
+        raise FidelityError("--text and --sensitivity need --e2e")
+    if not request.sensitivity:
+        return None
+    tap = tapmod.resolve_tap(dims, request.sensitivity)
+    outputs = tapmod.stage_outputs(dims)
+    if tap not in outputs:
+        raise FidelityError(f"--sensitivity takes a stage output (a stage name stands for its output, e.g. "
+                            f"'1.attn'): {', '.join(outputs)}")
+    if not request.noise_levels or any(not 0 < x < 10 for x in request.noise_levels):
+        raise FidelityError("--noise-levels must be numbers between 0 and 10")
+    return tap
+
+
+def _load_clip(source, e2e: bool) -> audio.Clip | None:
+    if source is None or isinstance(source, audio.Clip):
+        return source
+    return audio.load_audio(Path(source), allow_silent=e2e)  # --e2e on silence: refused there, with its reason
