@@ -27,7 +27,7 @@ from whisper.tokenizer import get_tokenizer
 
 from .candidates.base import Candidate
 from .errors import FidelityError
-from .reference.runner import _tf32 as tf32
+from .reference.arithmetic import tf32_switches
 from .taps import stage_outputs
 from .teacher import Encode, memoized, reference_windows, teacher_forced, torch_encoder
 
@@ -147,7 +147,7 @@ def transcribe_with(model: whisper.Whisper, samples: np.ndarray, encoder: nn.Mod
     model.encoder = timed
     torch.manual_seed(seed)
     try:
-        with _recording(model) as records, tf32(False):
+        with _recording(model) as records, tf32_switches(False, False):
             start = time.perf_counter()
             result = whisper.transcribe(model, samples, temperature=temperature, fp16=False,
                                         no_speech_threshold=NO_SPEECH_THRESHOLD, logprob_threshold=LOGPROB_THRESHOLD,

@@ -84,6 +84,24 @@ def compare(candidate: np.ndarray, reference: np.ndarray, floor_reference: np.nd
     )
 
 
+@dataclass(frozen=True)
+class FloorRatio:
+    """A candidate's error against a second floor (the same reference in another arithmetic)."""
+
+    floor: float   # RMS error of that floor's reference against the float64 truth
+    ratio: float   # the candidate's RMS error over it
+
+
+def against_floor(stats: TapStats, floor_reference: np.ndarray, reference: np.ndarray) -> FloorRatio | None:
+    """`stats`' error (of a candidate against `reference`) in units of another floor; None when it did not run."""
+    if not (stats.ran and stats.shape_ok and stats.finite) or floor_reference.shape != reference.shape:
+        return None
+    ref = np.asarray(reference, dtype=np.float64)
+    rms_ref = float(np.linalg.norm(ref)) / math.sqrt(max(ref.size, 1))
+    floor = rmse_between(floor_reference, ref)
+    return FloorRatio(floor, stats.rmse / max(floor, _TINY * rms_ref) if max(floor, _TINY * rms_ref) else float("nan"))
+
+
 def mismatch(candidate_shape: tuple[int, ...], reference_shape: tuple[int, ...]) -> TapStats:
     """Statistics for a tap whose candidate shape differs from the reference."""
     nan = float("nan")

@@ -37,8 +37,8 @@ from whisper.decoding import DecodingTask
 
 from .checkpoints import Checkpoint
 from .errors import FidelityError
+from .reference.arithmetic import tf32_switches
 from .reference.runner import TorchRunner
-from .reference.runner import _tf32 as tf32
 from .tolerances import KL_NEGLIGIBLE, kl_ratio_budget
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def memoized(encode: Encode) -> Encode:
 
 def torch_encoder(checkpoint: Checkpoint, dtype: str, device: str) -> Encode:
     """openai-whisper's `AudioEncoder` in `dtype` on `device` (TF32 off), as an encode function."""
-    return TorchRunner(checkpoint, dtype, device, tf32=False).encode
+    return TorchRunner(checkpoint, dtype, device).encode
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Forcing:
         the float32 logits after openai-whisper's logit filters (their top tokens and gaps are greedy's)."""
         device = next(model.parameters()).device
         xa = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-        with torch.no_grad(), tf32(False):
+        with torch.no_grad(), tf32_switches(False, False):
             logits = model.decoder(self.tokens.to(device), xa)[0]
         rows = logits[self.begin:self.begin + len(self.targets)].float().cpu()
         filtered = rows.clone()

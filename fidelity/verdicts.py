@@ -1,4 +1,4 @@
-"""Per-tap verdicts from statistics and budgets, and the first divergence."""
+"""Per-tap verdicts from statistics and budgets, the arithmetic each span runs in, and the first divergence."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Collection
 
-from .metrics import TapStats
+from .metrics import FloorRatio, TapStats
 
 OK, DIVERGED, NONFINITE, SHAPE, NOT_RUN = "ok", "diverged", "nonfinite", "shape_mismatch", "not_run"
+IEEE, TF32 = "ieee", "tf32"  # a float32 span's arithmetic: IEEE float32, or TF32-class matmuls
 INCONSISTENT = "inconsistent"  # a captured tap its own consumer does not reproduce: a capture problem
 BAD_INPUT_CAPTURE = "bad_input"  # not reproduced, but recomputed from a captured input that is itself a problem
 
@@ -41,6 +42,9 @@ class TapResult:
     local_verdict: str | None = None
     consistency: float | None = None   # recomputed-from-own-input vs captured, in noise floors
     consistency_verdict: str | None = None
+    tf32: FloorRatio | None = None        # the error against the TF32-matmul floor (float32, when measured)
+    local_tf32: FloorRatio | None = None
+    arithmetic: str | None = None        # IEEE or TF32 (local when isolated); None: neither, or not classified
 
     def as_dict(self) -> dict:
         row = {"name": self.name, "stage": self.stage, **self.stats.as_dict(),
@@ -50,10 +54,55 @@ class TapResult:
                 if key not in ("shape",):
                     row[f"local_{key}"] = value
             row["local_verdict"] = self.local_verdict
+        for prefix, second in (("", self.tf32), ("local_", self.local_tf32)):
+            if second is not None:
+                row[f"{prefix}tf32_floor"] = _finite(second.floor)
+                row[f"{prefix}tf32_floor_ratio"] = _finite(second.ratio)
+        if self.tf32 is not None or self.local_tf32 is not None:
+            row["arithmetic"] = self.arithmetic
         if self.consistency_verdict is not None:
             row["consistency_ratio"] = self.consistency if math.isfinite(self.consistency) else None
             row["consistency_verdict"] = self.consistency_verdict
         return row
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def judge_arithmetic(stats: TapStats, tf32: FloorRatio | None, budget: float, strict: bool) -> tuple[str, str | None]:
+    """(verdict, arithmetic) of a float32 span measured against an IEEE and a TF32-matmul floor.
+
+    Within budget of the IEEE floor: `ok`, IEEE. Over it but within budget of the TF32 floor: TF32-class,
+    `ok` unless `strict` (IEEE float32 demanded). Over both: a divergence in neither arithmetic."""
+    verdict = judge(stats, budget)
+    if tf32 is None:
+        return verdict, None
+    if verdict == OK:
+        return OK, IEEE
+    if verdict == DIVERGED and math.isfinite(tf32.ratio) and tf32.ratio <= budget:
+        return (DIVERGED if strict else OK), TF32
+    return verdict, None
+
+
+def arithmetic_summary(rows: list[TapResult], local: bool) -> dict | None:
+    """Which spans run in which float32 arithmetic, and how far each is from its floors (None: not measured)."""
+    measured = [r for r in rows if (r.local_tf32 if local else r.tf32) is not None]
+    if not measured:
+        return None
+    out = {}
+    for mode in (TF32, IEEE, None):
+        part = [r for r in measured if r.arithmetic == mode]
+        if not part:
+            continue
+        stats = [(r.local if local else r.stats) for r in part]
+        second = [(r.local_tf32 if local else r.tf32) for r in part]
+        out[mode or "neither"] = {
+            "spans": len(part), "taps": [r.name for r in part],
+            "worst_ieee_ratio": _finite(max(s.noise_floor_ratio for s in stats)),
+            "worst_tf32_ratio": _finite(max(t.ratio for t in second)),
+        }
+    return out
 
 
 def _verdict(row: TapResult, local: bool) -> str | None:

@@ -3,12 +3,18 @@
 `OpenAIWhisperCandidate` is openai-whisper's encoder in float32 behind the candidate
 protocol: a real non-MAX candidate that runs only as a whole (no `run_stage`), whose
 taps can all be patched. The others vary it: a black box with the encoder output only,
-one that crashes, one whose front end pads short clips with zeros in log-mel space.
+one that crashes, one whose front end pads short clips with zeros in log-mel space, one
+whose matmuls run TF32-class (and the same with a convolution bug).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
 
 from fidelity.candidates.base import Candidate, CandidateConfig
@@ -77,6 +83,37 @@ class WhisperFrontEnd(ZeroPaddedFrontEnd):
         return np.stack(windows).astype(np.float32)
 
 
+class _TF32Operands(TorchFunctionMode):
+    """Rounds the float32 operands of linear layers and matmuls to TF32's 10-bit mantissa, half to even
+    (frexp: an implementation of its own, not the workbench's bit arithmetic)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.linear, torch.Tensor.matmul, torch.matmul):  # `a @ b` reaches a mode as Tensor.matmul
+            args = tuple(_tf32(a) if i < 2 else a for i, a in enumerate(args))
+        return func(*args, **(kwargs or {}))
+
+
+def _tf32(x):
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        return x
+    mantissa, exponent = torch.frexp(x)  # x = mantissa * 2**exponent, |mantissa| in [0.5, 1)
+    return torch.ldexp(torch.round(mantissa * 2048) / 2048, exponent)
+
+
+class TF32Matmuls(OpenAIWhisperCandidate):
+    """A float32 port whose matmuls run TF32-class (as MAX's do on a GPU); its convolutions stay IEEE."""
+
+    name = "tf32-matmuls"
+
+    def run(self, mel, taps):
+        with _TF32Operands():
+            return super().run(mel, taps)
+
+    def run_patched(self, mel, patches, taps):
+        with _TF32Operands():
+            return super().run_patched(mel, patches, taps)
+
+
 def whole(checkpoint, config):
     return OpenAIWhisperCandidate(checkpoint, config)
 
@@ -103,3 +140,14 @@ def zero_padded_front_end(checkpoint, config):
 
 def whisper_front_end(checkpoint, config):
     return WhisperFrontEnd(checkpoint, config)
+
+
+def tf32_matmuls(checkpoint, config):
+    return TF32Matmuls(checkpoint, config)
+
+
+def tf32_conv_average(checkpoint, config):
+    """The TF32-matmul port with a convolution bug: conv1 as the average of its kernel taps (its filter / 3)."""
+    state = dict(checkpoint.state)
+    state["encoder.conv1.weight"] = state["encoder.conv1.weight"] / 3
+    return TF32Matmuls(dataclasses.replace(checkpoint, state=state), config)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fidelity import cli
 from fidelity.candidates.base import CandidateConfig
 from fidelity.checkpoints import random_checkpoint, save_checkpoint
+from fidelity.commands import cli
 from fidelity.errors import CandidateCrash, FidelityError
 from fidelity.reference.runner import TorchRunner
 from fidelity.taps import resolve_tap, select_taps

@@ -94,6 +94,12 @@ class Candidate(abc.ABC):
         """The precision openai-whisper runs in to give this candidate's noise floor (`fidelity.precisions`)."""
         return precision(self.dtype).floor
 
+    @property
+    def convolutions_as_matmuls(self) -> bool:
+        """True when the candidate computes its convolutions as matmuls (im2col): on a GPU in float32 they then
+        run TF32-class like its other matmuls, and its TF32 floor has TF32 convolutions too."""
+        return False
+
     @abc.abstractmethod
     def available_taps(self) -> list[str]:
         """Tap names this candidate can return, in execution order; always has `encoder.ln_post`."""

@@ -65,8 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=CANDIDATE_PRECISIONS,
                         help="candidate precision, as the candidate serves it; the noise-floor reference runs in "
                              "the same (int8: float32) (default float32)")
+    parser.add_argument("--tf32-floor", default="auto", choices=["auto", "on", "off"],
+                        help="also measure a float32 floor whose matmuls run TF32-class (as MAX's float32 matmuls do "
+                             "on a GPU; convolutions too for a candidate that computes them as matmuls), name each "
+                             "span's arithmetic (IEEE float32, TF32-class, or neither: a divergence) and judge it "
+                             "against its own arithmetic's floor. auto: on for float32 on the GPU; on: also on the "
+                             "CPU, emulated (operands rounded to TF32's 10-bit mantissa)")
+    parser.add_argument("--strict-fp32", action="store_true",
+                        help="demand IEEE float32: a span within the TF32 floor but over the IEEE one diverges")
     parser.add_argument("--tf32", default="off", choices=["on", "off"],
-                        help="allow TF32 matmuls and convolutions in the torch GPU reference (default off)")
+                        help="run the floor itself with TF32 matmuls and convolutions (default off; --tf32-floor "
+                             "is the better answer: it keeps convolutions IEEE and names the arithmetic)")
     parser.add_argument("--isolate", action="store_true",
                         help="also run each span of the candidate on the float64 reference's input (every "
                              "patchable tap patched), to separate each stage's own (local) error from what it "
@@ -127,7 +136,9 @@ def request_from(args: argparse.Namespace, model: str | checkpoints.Checkpoint) 
     candidate = f"max:{args.fault}" if args.fault else args.candidate
     return Request(model=model, audio=args.audio, candidate=candidate, taps=args.layer, device=args.device,
                    dtype=args.dtype, attention=args.attention, capture=args.capture, isolate=args.isolate,
-                   consistency=args.consistency, tf32_reference=args.tf32 == "on",
+                   consistency=args.consistency, strict_fp32=args.strict_fp32,
+                   tf32_floor={"auto": None, "on": True, "off": False}[args.tf32_floor],
+                   tf32_reference=args.tf32 == "on",
                    probe_effect=not args.no_probe_effect, e2e=args.e2e,
                    truth=read_truth(args.text, args.audio) if args.e2e or args.text else None,
                    sensitivity=args.sensitivity, noise_levels=parse_levels(args.noise_levels),

@@ -24,6 +24,7 @@ from ..devices import DEVICES
 from ..metrics import compare
 from ..outputs import atomic_dir, ensure_replaceable
 from ..precisions import served_by
+from ..reference.arithmetic import TF32
 from ..reference.runner import TorchRunner
 from ..taps import select_taps
 from .cli import EXIT_OK, Parser, add_logging_flags, parse_choices, run_main, setup_logging
@@ -43,7 +44,7 @@ def sweep(checkpoint, mel: np.ndarray, taps: list[str], device: str, dtypes: lis
         runs[f"max/{dtype}"] = candidate.run(mel, taps)
         runs[f"torch/{dtype}"] = TorchRunner(checkpoint, dtype, device).run(mel, taps)
         if dtype == "float32" and device == "gpu":
-            runs["torch/tf32"] = TorchRunner(checkpoint, dtype, device, tf32=True).run(mel, taps)
+            runs["torch/tf32"] = TorchRunner(checkpoint, dtype, device, TF32, tf32_convolutions=True).run(mel, taps)
     return {column: {tap: compare(values[tap], truth[tap]).rel_l2 for tap in taps}
             for column, values in runs.items()}
 

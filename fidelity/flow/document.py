@@ -6,6 +6,8 @@ import datetime
 import math
 from typing import TYPE_CHECKING
 
+from ..verdicts import arithmetic_summary
+
 if TYPE_CHECKING:
     from .examination import Examination
 
@@ -41,8 +43,13 @@ def report_document(examination: Examination) -> dict:
         "capture_problems": e.comparison.capture_problems,
         "windows": list(e.comparison.windows),
         "timings": {k: round(v, 3) for k, v in e.timings.items()},
+        "floors": setting.floors,
         "taps": [row.as_dict() for row in e.rows],
     }
+    spans = arithmetic_summary(list(e.rows), e.comparison.isolated)
+    if spans is not None:
+        doc["arithmetic"] = {"spans": spans, "strict_fp32": request.strict_fp32,
+                             "mode": "tf32" if "tf32" in spans and not request.strict_fp32 else "ieee"}
     if e.e2e is not None:
         doc["e2e"] = e.e2e
     return doc

@@ -21,6 +21,7 @@ class Setting:
     audio: dict               # source, seconds, windows, window_starts
     candidate: dict           # the candidate's own description
     fault: str | None
+    floors: dict              # how the truth and each floor ran, in words
     versions: dict
     reference_platform: dict
 

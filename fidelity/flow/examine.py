@@ -26,6 +26,7 @@ from ..candidates.base import Candidate, CapabilityError
 from ..errors import FidelityError
 from ..provenance import reference_platform, versions
 from ..reference.references import References
+from ..verdicts import TF32
 from .examination import Examination, ProbeEffect, Setting
 from .request import Request
 from .walk import Comparison, Plan, TapObserver, call_candidate, compare_candidate
@@ -68,10 +69,18 @@ class Examiner:
             raise CapabilityError(f"--e2e needs the encoder output ({tapmod.ENCODER_OUTPUT}); candidate "
                                   f"{self.candidate.name} does not give it")
         front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
-        self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency)
-        self.references = references or References(self.checkpoint, self.candidate.floor_dtype, request.device,
-                                                   tf32=request.tf32_reference)
+        self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency,
+                         request.strict_fp32)
+        self.references = references or References(
+            self.checkpoint, self.candidate.floor_dtype, request.device, tf32_reference=request.tf32_reference,
+            tf32_floor=self._tf32_floor(), tf32_convolutions=self.candidate.convolutions_as_matmuls)
         self._whisper = None
+
+    def _tf32_floor(self) -> bool:
+        """Whether to measure the TF32-matmul floor: asked for, or by default for float32 on a GPU."""
+        if self.candidate.floor_dtype != "float32" or self.request.tf32_reference:
+            return False
+        return self.request.tf32_floor if self.request.tf32_floor is not None else self.request.device == "gpu"
 
     @property
     def fault(self) -> str | None:
@@ -110,7 +119,8 @@ class Examiner:
         return Setting(self.checkpoint.name, asdict(self.checkpoint.dims),
                        {"source": clip.source, "seconds": round(clip.seconds, 3), "windows": windows,
                         "window_starts": audio.window_starts(clip)},
-                       self.candidate.describe(), self.fault, versions(), reference_platform())
+                       self.candidate.describe(), self.fault, self.references.describe(), versions(),
+                       reference_platform())
 
     def _probe_effect(self, mel: np.ndarray, comparison: Comparison) -> ProbeEffect | None:
         """The port's output with probes off against every probe an output, worst over the windows, judged
@@ -120,7 +130,9 @@ class Examiner:
         if not effects or effects[0] is None:
             return None
         post = next((r for r in comparison.rows if r.name == tapmod.ENCODER_OUTPUT), None)
-        floor = post.stats.noise_floor if post is not None and math.isfinite(post.stats.noise_floor) else math.nan
+        floor = math.nan
+        if post is not None:  # the floor of the arithmetic the output runs in (TF32 where its spans are)
+            floor = post.tf32.floor if post.arithmetic == TF32 and post.tf32 else post.stats.noise_floor
         worst = max(effects, key=lambda e: e.rmse)
         material = not math.isfinite(floor) or worst.rmse >= MATERIAL_PROBE_EFFECT * floor
         effect = ProbeEffect(tapmod.ENCODER_OUTPUT, max(e.max_abs for e in effects), max(e.rel_l2 for e in effects),

@@ -21,8 +21,11 @@ class Request:
     sweep does); `candidate`: a spec (`fidelity.candidates.specs`: `max`, `max:FAULT`,
     `ctranslate2`, `PATH.py:NAME`, `module:NAME`) or a built `Candidate`; `taps`: a tap
     selector (`fidelity.taps.select_taps`); `device`, `dtype`, `attention`, `capture`: the
-    candidate's configuration; `isolate`, `consistency`: what the walk adds; `tf32_reference`:
-    TF32 in the torch reference's matmuls and convolutions; `probe_effect`: build and run a
+    candidate's configuration; `isolate`, `consistency`: what the walk adds; `tf32_floor`: also
+    measure a float32 floor with TF32-class matmuls and name each span's arithmetic (None: on a GPU in
+    float32, where MAX's matmuls are TF32-class; True also on the CPU, emulated); `strict_fp32`:
+    demand IEEE float32 (a TF32-class span diverges); `tf32_reference`: the floor itself with TF32
+    matmuls and convolutions (`--tf32 on`); `probe_effect`: build and run a
     port's unprobed graph too; `e2e`: transcribe and teacher-force, against the ground truth
     `truth` when given; `sensitivity`: a stage output to add noise at (`noise_levels`, built-in
     candidate); `command`: the command line, recorded in the report.
@@ -38,6 +41,8 @@ class Request:
     capture: str = "staged"
     isolate: bool = False
     consistency: bool = False
+    strict_fp32: bool = False
+    tf32_floor: bool | None = None
     tf32_reference: bool = False
     probe_effect: bool = True
     e2e: bool = False

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..candidates.base import Candidate, CapabilityError
 from ..errors import CandidateCrash, FidelityError
-from ..metrics import TapStats, compare, not_run, rmse_between
-from ..reference.references import References
+from ..metrics import FloorRatio, TapStats, against_floor, compare, not_run, rmse_between
+from ..reference.references import FLOOR, TF32_FLOOR, TRUTH, References
 from ..taps import FRONT_END_TAP, Stage, front_end_stage, stages
 from ..tolerances import CONSISTENCY_BUDGET, budget_for
 from ..verdicts import (
@@ -36,7 +36,7 @@ from ..verdicts import (
     capture_problems,
     first_divergence,
     internal_differences,
-    judge,
+    judge_arithmetic,
     judge_consistency,
 )
 
@@ -51,12 +51,14 @@ class Plan:
 
     `taps`: tap names to judge (execution order); `isolate`: also each tap's local error;
     `consistency`: recompute each span from the candidate's own captured input and flag
-    captured taps it does not reproduce.
+    captured taps it does not reproduce; `strict_fp32`: where a TF32-matmul floor is measured,
+    a span over the IEEE float32 floor diverges even when it is within the TF32 one.
     """
 
     taps: tuple[str, ...]
     isolate: bool = False
     consistency: bool = False
+    strict_fp32: bool = False
 
 
 class TapObserver(Protocol):
@@ -195,10 +197,12 @@ class _Window:
         self.rows: list[TapResult] = []
 
     def front_end(self, own: np.ndarray | None, truth: np.ndarray, reference_mel: np.ndarray) -> None:
+        """The candidate's own log-mel against openai-whisper's (float64 truth; its float32 mel as the floor)."""
         stage = front_end_stage(self.refs.dims)
         cand = {FRONT_END_TAP: own} if own is not None else {}
-        sides = {"truth": {FRONT_END_TAP: truth}, "floor": {FRONT_END_TAP: reference_mel}}
-        self._judge(stage, cand, sides, cand if self.plan.isolate else None, sides["floor"], None)
+        floors = {FLOOR: {FRONT_END_TAP: reference_mel}}
+        self._judge(stage, cand, {FRONT_END_TAP: truth}, floors, cand if self.plan.isolate else None,
+                    floors if self.plan.isolate else None, None)
 
     def walk(self, mel: np.ndarray, own_mel: np.ndarray | None) -> list[TapResult]:
         if self.front and own_mel is not None and own_mel.shape != mel.shape:
@@ -210,18 +214,23 @@ class _Window:
         key = hash(mel.tobytes())
         staged = self.candidate.runs_by_stage
         whole = None if staged else self._whole_runs(mel, cand_mel, key)
-        truth_x = floor_x = floor_local_x = mel
+        sides = self.refs.floor_sides
+        truth_x = mel
+        floor_x = dict.fromkeys(sides, mel)
+        floor_local_x = dict.fromkeys(sides, mel)
         cand_x, cand_local_x = cand_mel, mel  # isolation: the conv stem reads openai-whisper's mel
         for stage in stages(self.refs.dims):
             need = (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
             start = time.perf_counter()
-            truth = self.refs.run_stage("truth", stage, truth_x, need, (key, "chained"))
-            floor = self.refs.run_stage("floor", stage, floor_x, need, (key, "chained"))
-            floor_local = None
+            truth = self.refs.run_stage(TRUTH, stage, truth_x, need, (key, "chained"))
+            floors = {side: self.refs.run_stage(side, stage, floor_x[side], need, (key, "chained"))
+                      for side in sides}
+            floor_locals = None
             if self.plan.isolate:
                 inner = {p: truth[p] for p in stage.tap_names if p in self.patchable and p != stage.output}
-                floor_local = self.refs.run_stage("floor", stage, floor_local_x, need,
-                                                  (key, "local", stage.input in self.patchable), inner)
+                floor_locals = {side: self.refs.run_stage(side, stage, floor_local_x[side], need,
+                                                          (key, "local", stage.input in self.patchable), inner)
+                                for side in sides}
             self.timings["reference_s"] += time.perf_counter() - start
             start = time.perf_counter()
             if staged:
@@ -233,13 +242,14 @@ class _Window:
             else:
                 cand, cand_local, recomputed = (_take(part, stage) if part is not None else None for part in whole)
             self.timings["candidate_s"] += time.perf_counter() - start
-            self._judge(stage, cand or {}, {"truth": truth, "floor": floor}, cand_local, floor_local, recomputed)
-            truth_x, floor_x = truth[stage.output], floor[stage.output]
+            self._judge(stage, cand or {}, truth, floors, cand_local, floor_locals, recomputed)
+            truth_x = truth[stage.output]
+            floor_x = {side: floors[side][stage.output] for side in sides}
             cand_x = (cand or {}).get(stage.output)
             if self.plan.isolate:
                 patched = stage.output in self.patchable
-                floor_local_x = truth[stage.output] if patched else floor_local[stage.output]
-                cand_local_x = truth[stage.output] if patched else (cand_local or {}).get(stage.output)
+                floor_local_x = {side: truth_x if patched else floor_locals[side][stage.output] for side in sides}
+                cand_local_x = truth_x if patched else (cand_local or {}).get(stage.output)
         if self.plan.consistency:
             self.rows = blame_bad_inputs(self.rows, {s.name: s.input for s in stages(self.refs.dims)})
         return self.rows
@@ -275,30 +285,41 @@ class _Window:
         self.timings["candidate_s"] += time.perf_counter() - start
         return chained, local, recomputed
 
-    def _judge(self, stage: Stage, cand: Arrays, sides: dict[str, Arrays], cand_local: Arrays | None,
-               floor_local: Arrays | None, recomputed: Arrays | None) -> None:
+    def _judge(self, stage: Stage, cand: Arrays, truth: Arrays, floors: dict[str, Arrays],
+               cand_local: Arrays | None, floor_locals: dict[str, Arrays] | None, recomputed: Arrays | None) -> None:
+        """Each planned tap of `stage`: its statistics against the floor (and, where measured, the TF32 floor),
+        chained and isolated, its verdicts and arithmetic; then every observer sees its arrays."""
         start = time.perf_counter()
-        truth, floor = sides["truth"], sides["floor"]
-        dtype = self.candidate.floor_dtype
+        dtype, strict = self.candidate.floor_dtype, self.plan.strict_fp32
         for tap in stage.taps:
             if tap.name not in self.wanted:
                 continue
             name = tap.name
             budget = budget_for(name, dtype)
-            stats = compare(cand[name], truth[name], floor[name]) if name in cand else not_run(truth[name].shape)
-            local = None
-            if cand_local is not None and floor_local is not None:
-                local = (compare(cand_local[name], truth[name], floor_local[name]) if name in cand_local
-                         else not_run(truth[name].shape))
+            stats, tf32 = _judged(cand, truth, floors, name)
+            verdict, arithmetic = judge_arithmetic(stats, tf32, budget, strict)
+            local = local_tf32 = local_verdict = None
+            if cand_local is not None and floor_locals is not None:
+                local, local_tf32 = _judged(cand_local, truth, floor_locals, name)
+                local_verdict, arithmetic = judge_arithmetic(local, local_tf32, budget, strict)
             ratio = _consistency(recomputed, cand, name, stats) if recomputed is not None else None
-            result = TapResult(name, stage.name, stats, budget, judge(stats, budget), self.index,
-                               local, judge(local, budget) if local else None, ratio,
-                               judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None)
+            result = TapResult(name, stage.name, stats, budget, verdict, self.index, local, local_verdict, ratio,
+                               judge_consistency(ratio, CONSISTENCY_BUDGET) if ratio is not None else None,
+                               tf32, local_tf32, arithmetic)
             self.rows.append(result)
             for observer in self.observers:
-                observer.observe(self.index, result, {"candidate": cand.get(name), "reference": floor[name],
+                observer.observe(self.index, result, {"candidate": cand.get(name), "reference": floors[FLOOR][name],
                                                       "reference64": truth[name]})
         self.timings["metrics_s"] += time.perf_counter() - start
+
+
+def _judged(cand: Arrays, truth: Arrays, floors: dict[str, Arrays], name: str) -> tuple[TapStats, FloorRatio | None]:
+    """A tap's statistics against the floor, and its error against the TF32 floor where that is measured."""
+    if name not in cand:
+        return not_run(truth[name].shape), None
+    stats = compare(cand[name], truth[name], floors[FLOOR][name])
+    tf32 = against_floor(stats, floors[TF32_FLOOR][name], truth[name]) if TF32_FLOOR in floors else None
+    return stats, tf32
 
 
 def _take(arrays: Arrays, stage: Stage) -> Arrays:

@@ -36,6 +36,7 @@ from ..devices import torch_device
 from ..errors import FidelityError
 from ..precisions import torch_dtype
 from ..taps import CONV_STEM, ENCODER_OUTPUT, LN_POST, Stage, stages
+from .arithmetic import IEEE, arithmetic
 
 Arrays = dict[str, np.ndarray]
 
@@ -59,9 +60,10 @@ class _ConvStem(nn.Module):
 class TorchRunner:
     """openai-whisper's `AudioEncoder` in one precision, run stage by stage, taps captured by hooks."""
 
-    def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", tf32: bool = False):
+    def __init__(self, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", arithmetic: str = IEEE,
+                 tf32_convolutions: bool = False):
         self.torch_dtype = torch_dtype(dtype)
-        self.dtype, self.tf32 = dtype, tf32
+        self.dtype, self.arithmetic, self.tf32_convolutions = dtype, arithmetic, tf32_convolutions
         self.device = torch_device(device)
         d = checkpoint.dims
         with torch.device("meta"):
@@ -170,7 +172,7 @@ class TorchRunner:
     def _numerics(self, root: nn.Module):
         with contextlib.ExitStack() as stack:
             stack.enter_context(disable_sdpa())
-            stack.enter_context(_tf32(self.tf32))
+            stack.enter_context(arithmetic(self.arithmetic, self.device, self.tf32_convolutions))
             if self.dtype == "float64":
                 stack.enter_context(_layer_norm_in_input_dtype(root))
             yield
@@ -216,13 +218,3 @@ def _layer_norm_in_input_dtype(root: nn.Module):
     finally:
         for module in patched:
             del module.forward
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

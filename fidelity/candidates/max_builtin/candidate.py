@@ -76,6 +76,10 @@ class BuiltinCandidate(Candidate):
         return sum(c.compile_seconds for c in self.compiled.values()) + fused
 
     # -- the protocol ------------------------------------------------------------
+    @property
+    def convolutions_as_matmuls(self) -> bool:
+        return True  # graph_ops.StageBuilder.conv1d: im2col and one matmul
+
     def available_taps(self) -> list[str]:
         return [t.name for s in self.stages for t in s.taps if self.options.attention_weights or not t.optional]
 

@@ -1,0 +1,97 @@
+"""The arithmetic openai-whisper's float32 floor runs in: IEEE float32, or TF32-class matmuls.
+
+MAX runs float32 matmuls on a GPU at TF32-class precision (inputs rounded to TF32's
+10-bit mantissa, float32 accumulation), while its layer norms, GELU and softmax stay
+IEEE float32. A port judged against an IEEE float32 floor there reads hundreds of
+floors away in every matmul span although nothing is wrong with it: it needs a floor
+in the arithmetic it actually uses. So the float32 floor runs in one of two modes:
+
+  IEEE   every op in IEEE float32 (TF32 off)
+  TF32   matmuls (linear layers, attention scores and weighted sums) with TF32 inputs; the
+         convolutions too only when the candidate computes its convolutions as matmuls
+         (`Candidate.convolutions_as_matmuls`); everything else IEEE float32
+
+On a CUDA device torch's own TF32 switches do it (`torch.backends.cuda.matmul.allow_tf32`
+for matmuls, `torch.backends.cudnn.allow_tf32` for convolutions, separately). On the CPU,
+where torch has no TF32, the same rounding is emulated: each matmul's float32 inputs are
+rounded to 10 mantissa bits (to nearest, ties away from zero, as the GPU's conversion
+`cvt.rna.tf32.f32` does) before an IEEE float32 matmul.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+IEEE, TF32 = "ieee", "tf32"
+ARITHMETICS = (IEEE, TF32)
+
+_DROPPED = 23 - 10                       # float32 mantissa bits TF32 drops
+_HALF = 1 << (_DROPPED - 1)
+_KEEP = ~((1 << _DROPPED) - 1)
+
+# The matmul family: (function, positions of the operands to round). Linear's bias is not rounded.
+_MATMULS = {F.linear: (0, 1), torch.matmul: (0, 1), torch.Tensor.matmul: (0, 1), torch.Tensor.__matmul__: (0, 1),
+            torch.Tensor.__rmatmul__: (0, 1), torch.mm: (0, 1), torch.bmm: (0, 1), torch.addmm: (1, 2),
+            torch.baddbmm: (1, 2)}
+_CONVOLUTIONS = {F.conv1d: (0, 1), F.conv2d: (0, 1)}
+
+
+def round_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor rounded to TF32's 10-bit mantissa (to nearest, ties away from zero); others unchanged."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        return tensor
+    bits = tensor.contiguous().view(torch.int32)
+    rounded = ((bits + _HALF) & _KEEP).view(torch.float32)
+    return torch.where(torch.isfinite(tensor), rounded, tensor)
+
+
+class EmulatedTF32(TorchFunctionMode):
+    """Rounds the float32 operands of every matmul (and, with `convolutions`, every convolution) to TF32."""
+
+    def __init__(self, convolutions: bool = False):
+        super().__init__()
+        self.rounded = {**_MATMULS, **(_CONVOLUTIONS if convolutions else {})}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        positions = self.rounded.get(func)
+        if positions is not None:
+            args = tuple(round_to_tf32(a) if i in positions else a for i, a in enumerate(args))
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def arithmetic(mode: str, device: torch.device, convolutions: bool = False):
+    """Run the block in `mode` (IEEE or TF32) on `device`; `convolutions`: TF32 convolutions too."""
+    if mode not in ARITHMETICS:
+        raise ValueError(mode)
+    tf32 = mode == TF32
+    with tf32_switches(tf32, tf32 and convolutions):
+        if tf32 and device.type != "cuda":
+            with EmulatedTF32(convolutions):
+                yield
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def tf32_switches(matmuls: bool, convolutions: bool):
+    """torch's own TF32 switches (CUDA only) set for the block, restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmuls, convolutions
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def describe(mode: str, device: str, convolutions: bool) -> str:
+    """How a floor in `mode` was computed, in words (for reports)."""
+    if mode == IEEE:
+        return "IEEE float32 (TF32 off)"
+    what = "matmuls and convolutions" if convolutions else "matmuls (convolutions IEEE)"
+    how = "torch's TF32 switches" if device == "gpu" else "emulated: operands rounded to 10 mantissa bits"
+    return f"TF32 {what}, {how}"
