@@ -48,6 +48,7 @@ class Tap:
     optional: bool = False  # large taps captured only when asked for by name
     hook: Hook = None
     local: str = ""         # the name inside its stage (block-relative in a block)
+    reads: tuple[str, ...] = ()  # the taps of its stage it is computed from (none: the stage's input)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,19 @@ class Stage:
     def prefix(self) -> str:
         """What a local name is prefixed with: `encoder.blocks.2.` in a block, else nothing."""
         return f"encoder.blocks.{self.block}." if self.block is not None else ""
+
+    def unread(self, patched: set[str]) -> set[str]:
+        """Internal taps whose own value the stage output never reads when the taps in `patched` are replaced
+        downstream by given values: each is patched itself, or every path from it to the output passes a
+        patched tap (data flow, not tap order: patching `attn.value` does not cut `attn.query`)."""
+        readers: dict[str, list[str]] = {t.name: [] for t in self.taps}
+        for tap in self.taps:
+            for source in tap.reads:
+                readers[source].append(tap.name)
+        reaches = {self.output: True}
+        for tap in reversed(self.taps[:-1]):
+            reaches[tap.name] = tap.name not in patched and any(reaches[r] for r in readers[tap.name])
+        return {name for name, read in reaches.items() if not read}
 
     def full_name(self, local: str) -> str:
         """A stage-relative name as a tap name, checked against the stage's taps."""
@@ -113,6 +127,17 @@ _LN_POST: list[_Row] = [
 ]
 
 
+# What each tap is computed from, inside its stage (data flow; the stage input is left implicit).
+_READS: dict[str, tuple[str, ...]] = {
+    "encoder.conv1.gelu": ("encoder.conv1",), "encoder.conv2": ("encoder.conv1.gelu",),
+    "encoder.conv2.gelu": ("encoder.conv2",), "encoder.positional_embedding": ("encoder.conv2.gelu",),
+    "attn.query": ("attn_ln",), "attn.key": ("attn_ln",), "attn.value": ("attn_ln",),
+    "attn.weights": ("attn.query", "attn.key"), "attn.wv": ("attn.weights", "attn.value"), "attn.out": ("attn.wv",),
+    "resid_mid": ("attn.out",),
+    "mlp.0": ("mlp_ln",), "mlp.1": ("mlp.0",), "mlp.2": ("mlp.1",), "resid_post": ("mlp.2",),
+}
+
+
 def front_end_stage(dims: ModelDimensions) -> Stage:
     """The stage of a candidate's own audio -> log-mel (compared with openai-whisper's)."""
     tap = Tap(FRONT_END_TAP, FRONT_END, (dims.n_mels, 2 * dims.n_audio_ctx),
@@ -125,7 +150,8 @@ def stages(dims: ModelDimensions, front_end: bool = False) -> list[Stage]:
     ctx, width, heads = dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head
 
     def taps(rows: list[_Row], part: str, stage: str, prefix: str) -> tuple[Tap, ...]:
-        return tuple(Tap(prefix + local, stage, shape(ctx, width, heads), desc, optional, hook, local)
+        return tuple(Tap(prefix + local, stage, shape(ctx, width, heads), desc, optional, hook, local,
+                         tuple(prefix + source for source in _READS.get(local, ())))
                      for local, row_part, shape, desc, hook, optional in rows if row_part == part)
 
     out = [front_end_stage(dims)] if front_end else []

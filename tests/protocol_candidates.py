@@ -114,6 +114,23 @@ class TF32Matmuls(OpenAIWhisperCandidate):
             return super().run_patched(mel, patches, taps)
 
 
+class KeyBiasPatchingValues(OpenAIWhisperCandidate):
+    """A key bias where openai-whisper has none (the softmax cancels it: the stage output is sound), in a
+    candidate that can patch only its stage outputs and the value projections."""
+
+    name = "key-bias-patching-values"
+
+    def __init__(self, checkpoint, config):
+        super().__init__(checkpoint, config)
+        bias = torch.linspace(-1, 1, checkpoint.dims.n_audio_state)
+        for block in self.runner.encoder.blocks:
+            block.attn.key.register_forward_hook(lambda module, args, out: out + bias.to(out.dtype))
+
+    def patchable_taps(self):
+        return [t for t in super().patchable_taps() if t.endswith((".attn.value", "resid_mid", "resid_post",
+                                                                   "positional_embedding"))]
+
+
 def whole(checkpoint, config):
     return OpenAIWhisperCandidate(checkpoint, config)
 

@@ -97,6 +97,20 @@ def test_relabelled_heads_are_an_internal_difference_not_a_divergence(small, sma
         assert result.row(f"encoder.blocks.{i}.resid_mid").local_verdict == "ok"
 
 
+def test_the_isolated_cut_follows_data_flow_not_tap_order(small, small_mel):
+    """A key bias the softmax cancels, in a candidate that patches its value projections: the stage output read
+    the key (through the attention weights), so the key's local difference is excused by that sound output.
+    By tap order the key sits before the patched value and would have been cut, then called a divergence."""
+    candidate = protocol_candidates.KeyBiasPatchingValues(small, CandidateConfig())
+    result = compare_candidate(candidate, References(small), small_mel, Plan(_all(small.dims), isolate=True))
+    key = "encoder.blocks.0.attn.key"
+    assert result.row(key).local_verdict == "diverged" and key not in result.cut
+    assert "encoder.blocks.0.attn.value" in result.cut
+    assert result.first_divergence is None
+    assert {d["stage"] for d in result.internal_differences} == {f"blocks.{i}.attn"
+                                                                 for i in range(small.dims.n_audio_layer)}
+
+
 def test_isolation_needs_two_patchable_taps(small, small_mel):
     candidate = protocol_candidates.black_box(small, CandidateConfig())
     with pytest.raises(CapabilityError, match="two or more patchable taps"):

@@ -163,14 +163,9 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
 
 
 def _cut(walk: list[Stage], patchable: set[str]) -> frozenset[str]:
-    """Internal taps whose value the isolated stage output never reads: each at or before a patched
-    internal tap of its stage (a probed port patches every probe, the built-in only stage inputs)."""
-    cut: set[str] = set()
-    for stage in walk:
-        inside = [name for name in stage.tap_names if name != stage.output]
-        last = max((i for i, name in enumerate(inside) if name in patchable), default=-1)
-        cut.update(inside[:last + 1])
-    return frozenset(cut)
+    """Internal taps whose value the isolated stage output never reads, by data flow (a probed port patches
+    every probe, the built-in only stage inputs, another candidate what it declares)."""
+    return frozenset(name for stage in walk for name in stage.unread(patchable))
 
 
 def call_candidate(candidate: Candidate, action: str, fn, *args):
