@@ -38,7 +38,8 @@ def bench(tmp_path_factory):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         status = bench_main(["--candidate", PORT, "--candidate", "ctranslate2", "--candidate", FAULT,
-                             "--attention", "matmul,flash", "--stages", "--out", str(out), "--html", str(html),
+                             "--dtype", "float32,int8", "--attention", "matmul,flash", "--stages",
+                             "--out", str(out), "--html", str(html),
                              *QUICK, "-q"])
     return status, stdout.getvalue(), json.loads(out.read_text()), html.read_text()
 
@@ -101,14 +102,24 @@ def test_reference_points_and_the_frontier(bench):
             assert not (ms < points[member][0] and ratio < points[member][1]), (label, member)
 
 
-def test_attention_forms_a_configuration_refuses_are_skipped_and_listed(bench):
+def test_precisions_and_forms_a_candidate_refuses_are_skipped_and_listed(bench):
     _, text, doc, _ = bench
-    assert [(s["spec"], s["attention"]) for s in doc["skipped"]] == [(FAULT, "flash")]
-    assert doc["skipped"][0]["reason"].startswith("flash attention")  # float32, and no GPU here
-    assert f"skipped {FAULT} float32 flash attention" in text
+    skipped = {(s["spec"], s["dtype"], s["attention"]): s["reason"] for s in doc["skipped"]}
+    assert set(skipped) == {(PORT, "int8", None), (FAULT, "float32", "flash"), (FAULT, "int8", None)}
+    assert "float32 only" in skipped[PORT, "int8", None]                  # the port's builder refuses it
+    assert skipped[FAULT, "float32", "flash"].startswith("flash attention")  # float32, and no GPU here
+    assert f"skipped {FAULT} in float32 with flash attention" in text
     labels = [row["label"] for row in doc["configurations"]]
     assert not any("flash" in label for label in labels)
     assert sum(label.startswith("hackathon-port") for label in labels) == 1  # a port offers no attention choice
+
+
+def test_int8_is_judged_against_float32_and_has_no_measured_peak(bench):
+    _, text, doc, _ = bench
+    row = _config(doc, "ctranslate2-int8")
+    assert row["fidelity"]["floor_dtype"] == "float32" and row["speed"][0]["peak_share"] is None
+    assert doc["peaks"]["int8"] is None and "dense peak int8: not measured" in text
+    assert [r["label"] for r in doc["configurations"] if r["reference"]] == ["torch eager float32"]
 
 
 def test_stages_alone(bench):
@@ -156,6 +167,7 @@ def test_a_fixed_batch_candidate_runs_at_its_batch_and_the_table_says_so(tmp_pat
     (["--candidate", PORT, "--repeats", "0"], "--repeats must be at least 1"),
     (["--candidate", PORT, "--candidate", PORT], "is given twice"),
     (["--candidate", "ctranslate2", "--whole-graph"], "add --candidate max"),
+    (["--candidate", "ctranslate2", "--stages"], "add --candidate max"),
     (["--attention", "sideways"], "--attention: unknown sideways"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys, args, message):
@@ -184,3 +196,15 @@ def test_frontier_keeps_what_nothing_within_budget_beats():
                               row("slow-close", 5.0, 1.0), row("dominated", 6.0, 2.0), row("no-ratio", 0.5, None),
                               row("tie-slower", 3.0, 3.0)]}
     assert frontier(doc) == {"1": ["fast", "slow-close"]}
+
+
+def test_e2e_adds_the_teacher_forced_kl_ratio_and_the_wer(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    assert bench_main(["--candidate", "ctranslate2", "--e2e", "--no-traced", "--out", str(out), *QUICK, "-q"]) == 0
+    row = _config(json.loads(out.read_text()), "ctranslate2")
+    fidelity = row["fidelity"]
+    assert fidelity["kl_verdict"] == "ok" and 0 < fidelity["kl_ratio"] < fidelity["kl_budget"]
+    assert fidelity["wer"] == 0.0 and fidelity["wer_truth"] < 0.25  # the same words as openai-whisper's
+    text = capsys.readouterr().out
+    assert "KL/floor" in text.splitlines()[0]
+    assert f"{fidelity['kl_ratio']:.3g}" in _table_line(text, "ctranslate2")

@@ -1,11 +1,13 @@
-"""The benchmark page: ms per window against the encoder output's floor ratio, one point per configuration,
-the fast-and-faithful frontier drawn, points over budget marked; then the table (self-contained HTML)."""
+"""The benchmark page: ms per window against the encoder output's floor ratio, one point per configuration
+and batch (a panel per batch), the fast-and-faithful frontier drawn, points over budget marked; then the
+table (self-contained HTML)."""
 
 from __future__ import annotations
 
 from ..speed.frontier import by_batch
 from .html_parts import escape, image, page, plt, table
 from .speed_table import batch_text, verdict
+from .table import _num
 
 COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -72,9 +74,9 @@ def _plot(doc: dict):
         budget = min(p["budget"] for p in points)
         ax.axvline(budget, color="#d62728", ls="--", lw=0.8, label="floor budget")
         ax.axvspan(budget, edge * 2, color="#d62728", alpha=0.05)
-        ax.set_xlim(right=edge * 2)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlim(min(finite + [budget]) / 3, edge * 2)
         ax.set_xlabel("encoder output error / noise floor (ln_post)")
         ax.set_ylabel("ms per 30 s window")
         ax.set_title(f"batch {batch}")
@@ -82,6 +84,7 @@ def _plot(doc: dict):
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
         ax.grid(True, which="both", alpha=0.2)
+    figure.tight_layout()
     return figure
 
 
@@ -95,10 +98,10 @@ def _table(doc: dict) -> str:
             record = {"configuration": row["label"], "spec": row["spec"], "batch": batch_text(speed),
                       "ms/window": speed["ms_per_window"], "TFLOP/s": speed["tflops"],
                       "% peak": None if share is None else 100 * share, "traced ms": speed.get("traced_ms"),
-                      "ln_post/floor": fid["ln_post_floor_ratio"], "budget": fid["budget"],
+                      "ln_post/floor": _num(fid["ln_post_floor_ratio"], ".3g"), "budget": fid["budget"],
                       "frontier": "yes" if row["label"] in doc["frontier"][str(speed["batch"])] else ""}
             if e2e:
-                record.update({"KL/floor": fid.get("kl_ratio"), "WER": fid.get("wer")})
+                record.update({"KL/floor": _num(fid.get("kl_ratio"), ".3g"), "WER": fid.get("wer")})
             record["fidelity"] = verdict(fid)
             records.append(record)
     return table(records, css=lambda column, value: (("bad" if str(value).startswith("OVER") else "good")

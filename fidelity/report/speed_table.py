@@ -59,8 +59,8 @@ def notes(doc: dict) -> list[str]:
                          f"{row['fidelity']['probe_effect_floor_fraction']:.2g}x the floor's error away from the "
                          "examined one (every probe an output)")
     for skipped in doc["skipped"]:
-        lines.append(f"skipped {skipped['spec']} {skipped['dtype']} {skipped['attention']} attention: "
-                     f"{skipped['reason']}")
+        form = f" with {skipped['attention']} attention" if skipped["attention"] else ""
+        lines.append(f"skipped {skipped['spec']} in {skipped['dtype']}{form}: {skipped['reason']}")
     if "stages" in doc:
         lines += ["", format_stages(doc["stages"])]
     return lines
