@@ -12,6 +12,7 @@ The flow, and where each step lives:
   metrics -> verdicts              metrics.py, tolerances.py (budgets as data), verdicts.py
   end to end                       e2e.py, teacher.py (transcripts, teacher-forced KL)
   reports                          report/ (tables, report.json/csv, dumps, error maps, html)
+  speed beside fidelity            speed/ (timings, FLOPs and the dense peak, the benchmark; report/frontier.py)
   corpora, faults                  corpus/ (sweeps on Ray), faults/ (the fault catalogue and its proof)
   ground floors                    errors.py, devices.py, precisions.py, outputs.py, provenance.py
 

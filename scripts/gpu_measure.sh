@@ -3,7 +3,7 @@
 # root, with MAX and openai-whisper importable and FIDELITY_CACHE holding tiny.en.pt
 # (and, to skip compiling there, the MEFs from `python -m fidelity.precompile`).
 #   scripts/gpu_measure.sh compare   # compare in each dtype, fused capture, flash, sweep
-#   scripts/gpu_measure.sh bench     # speed against PyTorch eager and torch.compile
+#   scripts/gpu_measure.sh bench     # speed beside fidelity, against PyTorch eager and torch.compile
 #   scripts/gpu_measure.sh profile   # per-stage times at batch 1 and 16, and an ncu kernel summary
 # Logs and reports go under ${OUT:-gpu-results}/ (packed as <phase>.tgz).
 set -uo pipefail
@@ -36,16 +36,14 @@ case "$phase" in
     compare bfloat16 compare-fused-bf16 --capture fused --consistency
     ;;
   bench)
-    step bench-bf16 python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 50 \
-      --warmup 10 --torch-compile --stages --flash --out "$work/bench-bf16.json"
-    step bench-f16 python3 -m fidelity.bench --device gpu --dtype float16 --batch 1,16 --repeats 50 \
-      --warmup 10 --torch-compile --no-traced --out "$work/bench-f16.json"
-    step bench-f32 python3 -m fidelity.bench --device gpu --dtype float32 --batch 1,16 --repeats 50 \
-      --warmup 10 --torch-compile --no-traced --out "$work/bench-f32.json"
+    STEP_TIMEOUT="${STEP_TIMEOUT:-900}" step bench python3 -m fidelity.bench --device gpu --candidate max \
+      --candidate examples/ports/hackathon_port.py:build --dtype bfloat16,float16,float32 --attention matmul,flash \
+      --batch 1,16 --repeats 50 --warmup 10 --torch-compile --whole-graph --out "$work/bench.json" \
+      --html "$work/bench.html"
     ;;
   profile)
     step bench-stages python3 -m fidelity.bench --device gpu --dtype bfloat16 --batch 1,16 --repeats 30 \
-      --warmup 5 --stages --flash --no-traced --out "$work/bench-stages.json"
+      --warmup 5 --stages --attention matmul,flash --no-traced --out "$work/bench-stages.json"
     step ncu-flash-b16 ncu --print-summary per-kernel --metrics gpu__time_duration.sum \
       python3 scripts/profile_max_encoder.py --dtype bfloat16 --attention flash --batch 16
     ;;

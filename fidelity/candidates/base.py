@@ -30,6 +30,8 @@ from ..errors import FidelityError
 from ..precisions import CANDIDATE_PRECISIONS, precision
 from ..taps import ENCODER_OUTPUT, Stage
 
+ATTENTIONS = ("matmul", "flash")  # the attention forms a candidate may offer (`CandidateConfig.attention`)
+
 
 @dataclass(frozen=True)
 class CandidateConfig:
@@ -141,6 +143,12 @@ class Candidate(abc.ABC):
         comparison flow holds one stage's arrays at a time instead of the whole encoder's, and
         isolates each stage by feeding it the reference's input."""
         raise CapabilityError(f"candidate {self.name} cannot run one stage at a time")
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size its encoder runs (a graph compiled for a static batch); None: any batch.
+        A benchmark times such a candidate at this batch only and says so."""
+        return None
 
     @property
     def has_front_end(self) -> bool:

@@ -44,8 +44,13 @@ def format_table(doc: dict) -> str:
         if consistency:
             line += [_num(row.get("consistency_ratio"), ".2f"), (row.get("consistency_verdict") or "-")]
         lines.append(line)
+    return aligned(lines, {"tap", "shape", "verdict", "local_verdict", "arith", "capture"})
+
+
+def aligned(lines: list[list[str]], left: set[str]) -> str:
+    """Rows of cells (the first row the header) as aligned text; columns named in `left` flush left."""
+    header = lines[0]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    left = {"tap", "shape", "verdict", "local_verdict", "arith", "capture"}
     out = []
     for n, line in enumerate(lines):
         cells = [cell.ljust(w) if header[i] in left else cell.rjust(w)
