@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import audio, checkpoints
 from .. import taps as tapmod
+from ..candidates.base import ATTENTIONS
 from ..devices import DEVICES
 from ..errors import FidelityError
 from ..flow.examination import Examination
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--consistency", action="store_true",
                         help="recompute each stage from the candidate's own captured input and flag captured "
                              "taps it does not reproduce (a capture problem, not a numerical one)")
-    parser.add_argument("--attention", default="matmul", choices=["matmul", "flash"],
+    parser.add_argument("--attention", default="matmul", choices=ATTENTIONS,
                         help="built-in candidate: MAX attention: softmax(q k^T) v as matmuls (default), or the fused "
                              "flash_attention_gpu kernel (GPU only; no attention-weights tap)")
     parser.add_argument("--fault", default=None, metavar="NAME",
