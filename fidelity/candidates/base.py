@@ -32,7 +32,9 @@ from ..taps import ENCODER_OUTPUT, Stage
 
 @dataclass(frozen=True)
 class CandidateConfig:
-    """What the user asks of a candidate: where it runs and in which precision.
+    """What the user asks of a candidate: where it runs, in which precision, and whether to
+    measure the probe effect (False: a probed port skips compiling its unprobed graph, and
+    its transcript comes from the probed graph).
 
     A builder `NAME(checkpoint, config)` receives this and may refuse what it cannot
     do by raising `FidelityError` with one line naming the problem and the fix.
@@ -40,6 +42,7 @@ class CandidateConfig:
 
     device: str = "cpu"
     dtype: str = "float32"
+    probe_effect: bool = True
 
     def __post_init__(self):
         check_device(self.device)
