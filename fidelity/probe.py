@@ -5,11 +5,13 @@ probes compiles to the same graph (same MLIR text, same output) as without them.
 
 While the workbench traces a port's graph function (`fidelity.candidates.max_port`)
 it records each probe:
-  * observe: the value becomes an extra graph output;
+  * record: the probe is noted (name, value, layout) and the graph is left as it is
+    (the port's own graph, probes off);
   * patch: downstream of the probe the graph reads `where(gate, fed value, x)`, where
-    the fed value and the boolean gate are new graph inputs; the observed `x` (computed
-    from patched upstream) is still an output. With every probe patchable, one compiled
-    graph gives every span between two probes its own local error.
+    the fed value and the boolean gate are new graph inputs, and the workbench makes
+    `x` (computed from patched upstream) an output. With every gate off this graph
+    observes every probe; with every probe patchable, the same compiled graph gives
+    every span between two probes its own local error.
 
 Names come from the tap list (`fidelity.taps.encoder_taps`, `--list-taps`). A name not in
 it, a name used twice in one graph, or a layout that does not fit the tensor is a
@@ -33,7 +35,7 @@ from .errors import FidelityError
 from .layouts import Layout, parse_layout
 from .taps import encoder_taps
 
-MODES = ("observe", "patch")
+MODES = ("record", "patch")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Trace:
     mode: str
     dims: ModelDimensions
     patch_inputs: list = field(default_factory=list)   # patch mode: (value, gate) graph inputs per probe
-    expected: list = field(default_factory=list)       # patch mode: probe names in the observe trace's order
+    expected: list = field(default_factory=list)       # patch mode: probe names in the record trace's order
     probes: list[Probe] = field(default_factory=list)
 
     def __post_init__(self):
@@ -70,13 +72,13 @@ class Trace:
             raise FidelityError(f"probe name {name!r} is not a tap of this model{hint}")
         if any(p.name == name for p in self.probes):
             raise FidelityError(f"probe {name} is used twice in one graph: each tap may be probed once")
-        x = TensorValue(x)
+        given, x = x, TensorValue(x)
         shape = [int(d) if _static(d) else str(d) for d in x.shape]
         probe = Probe(name, x, parse_layout(self.taps[name], layout, shape, self.dims))
         index = len(self.probes)
         self.probes.append(probe)
-        if self.mode == "observe":
-            return x
+        if self.mode == "record":
+            return given
         if index >= len(self.expected) or self.expected[index] != name:
             want = self.expected[index] if index < len(self.expected) else "no further probe"
             raise FidelityError(f"the port's graph function probes differently on a second trace "

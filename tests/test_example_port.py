@@ -1,7 +1,9 @@
 """The hackathon example port (examples/ports) on tiny.en and real speech: its encoder, its patch
-graph (isolation), its front end, and its two historical bugs found at the right tap.
+graph (isolation), its front end, and its two historical bugs found at the right tap, in float32
+and bfloat16.
 
-Compiled graphs: the clean port's observe and patch graphs, and the conv-bug's patch graph.
+Compiled graphs: the float32 patch and off graphs (shared with test_probes.py and
+test_port_command.py; the conv bug runs on them too) and the bfloat16 patch graph.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from fidelity import audio
 from fidelity.candidates.base import CandidateConfig
 from fidelity.metrics import compare
 from fidelity.reference.runner import TorchRunner
+from fidelity.tolerances import budget_for
 
 from .test_probes import load_port
 
@@ -37,8 +40,8 @@ def refs(tiny, speech_mel, port):
 
 
 def _ratios(out, refs, names):
-    r64, r32 = refs
-    return {n: compare(out[n], r64[n], r32[n]).noise_floor_ratio for n in names}
+    r64, floor = refs
+    return {n: compare(out[n], r64[n], floor[n]).noise_floor_ratio for n in names}
 
 
 def test_clean_port_is_at_the_float32_floor_on_real_speech(speech_mel, port, refs):
@@ -67,6 +70,7 @@ def test_a_patch_changes_only_what_is_downstream(tiny, speech_mel, port):
     cut = "encoder.blocks.0.resid_mid"
     zeros = np.zeros_like(plain[cut])
     patched = port.run_patched(speech_mel, {cut: zeros}, names)
+    assert len(port._zeros) == len({(str(p.value.shape), p.value.dtype) for p in port.probes}) < len(names)
     for name in names[:names.index(cut) + 1]:  # upstream, and what the port computed at the cut
         np.testing.assert_array_equal(patched[name], plain[name], err_msg=name)
     bias = tiny.encoder_weights["encoder.blocks.0.mlp_ln.bias"]  # layer norm of a zero stream: its bias
@@ -78,10 +82,26 @@ def test_a_patch_changes_only_what_is_downstream(tiny, speech_mel, port):
 def test_conv_average_bug_is_named_at_conv1(tiny, speech_mel, hackathon, refs):
     r64, _ = refs
     buggy = hackathon.build_conv_average(tiny, CandidateConfig())
+    assert str(buggy.graph("patch")) == str(hackathon.build(tiny, CandidateConfig()).graph("patch"))  # no new graph
     names = buggy.patchable_taps()
     local = _ratios(buggy.run_patched(speech_mel, {n: r64[n] for n in names}, names), refs, names)
     assert local["encoder.conv1"] > 1e3, local["encoder.conv1"]
     assert [n for n, r in local.items() if r > 10] == ["encoder.conv1"], local
+
+
+def test_bfloat16_port_is_within_its_floor_and_the_conv_bug_is_named_at_conv1(tiny, speech_mel, hackathon, refs):
+    config = CandidateConfig(dtype="bfloat16", probe_effect=False)  # one graph: the bfloat16 patch graph
+    port = hackathon.build(tiny, config)
+    names = port.available_taps()
+    bf16 = (refs[0], TorchRunner(tiny, "bfloat16").run(speech_mel, names))
+    budget = budget_for("encoder.ln_post", "bfloat16")
+    chained = _ratios(port.run(speech_mel, names), bf16, names)
+    assert chained["encoder.ln_post"] < budget, chained
+    patches = {n: bf16[0][n] for n in names}
+    local = _ratios(port.run_patched(speech_mel, patches, names), bf16, names)
+    assert max(local.values()) < budget, local
+    buggy = _ratios(hackathon.build_conv_average(tiny, config).run_patched(speech_mel, patches, names), bf16, names)
+    assert buggy["encoder.conv1"] > 50 and [n for n, r in buggy.items() if r > budget] == ["encoder.conv1"], buggy
 
 
 # -- the front end -------------------------------------------------------------------------------

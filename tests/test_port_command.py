@@ -2,8 +2,8 @@
 --candidate FILE:NAME`, on tiny.en: the clean port end to end, its two historical bugs named at the right tap,
 and bad probes refused in one line.
 
-Compiled graphs (MEF store): the clean port's off, observe and patch graphs (shared with test_probes.py and
-test_example_port.py), the conv bug's observe and patch graphs; the bad ports compile nothing.
+Compiled graphs (MEF store): the example port's float32 patch and off graphs (shared with test_probes.py and
+test_example_port.py; the conv bug runs on them too); the bad ports compile nothing.
 """
 
 from __future__ import annotations
@@ -108,6 +108,11 @@ def build_twice(checkpoint, config):
 
 def build_layout(checkpoint, config):
     return MaxPort(checkpoint, config, lambda mel: probe("encoder.ln_post", stream(mel), layout="bhtd"))
+
+
+def build_fixed_batch(checkpoint, config):  # written for a batch of 1, wrapped without batch=1
+    d = checkpoint.dims
+    return MaxPort(checkpoint, config, lambda mel: stream(ops.reshape(mel, (1, d.n_mels, 2 * d.n_audio_ctx))))
 """
 
 
@@ -124,4 +129,19 @@ def test_bad_probes_through_the_command_are_one_line_exit_2_nothing_written(tmp_
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("compare: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_fixed_batch_port_without_its_batch_shows_max_diagnostic_exit_2(tmp_path, capsys):
+    port = tmp_path / "bad_port.py"
+    port.write_text(textwrap.dedent(BAD_PORT))
+    out = tmp_path / "out"
+    code = main(["--candidate", f"{port}:build_fixed_batch", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"compare: error: max-port: building its MAX graph failed at {port}:"), err
+    for line in ("Failed to create op 'ReshapeOp'", "input = TensorValue(dtype=float32, shape=[Dim('batch'), Dim(80)",
+                 "new_shape = [Dim(1), Dim(80), Dim(3000)]", "input and output number of elements must match",
+                 "MaxPort(..., batch=N)"):
+        assert line in err, (line, err)
     assert not out.exists()

@@ -1,22 +1,27 @@
-"""Probes in a user's MAX graph, and layouts.
+"""Probes in a user's MAX graph, the compile plan of a port, fixed-batch ports, and layouts.
 
-Graph tests use the hackathon example port on tiny.en (the graphs test_example_port.py
-compiles anyway: a new graph costs minutes here, its shapes matter less than its count);
-refusals and layouts trace or convert on the small random config and compile nothing.
+Graph tests use the hackathon example port on tiny.en (its float32 patch and off graphs, which
+test_example_port.py and test_port_command.py compile too: a new graph costs minutes here, its
+shapes matter less than its count); one fixed-batch conv stem on the small random config compiles
+one small graph; refusals and layouts trace or convert on the small config and compile nothing.
 Patching is tested in test_example_port.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from max.graph import ops
 
+from fidelity.candidates import max_engine
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
-from fidelity.candidates.max_port import MaxPort
+from fidelity.candidates.max_engine import compile_summary, mlir_text, recording_compiles
+from fidelity.candidates.max_port import MaxPort, _fill
 from fidelity.commands.cli import run_main
 from fidelity.errors import FidelityError
 from fidelity.layouts import parse_layout
@@ -58,13 +63,20 @@ def test_probes_off_build_the_same_graph_and_output(tiny, speech_mel, port):
     np.testing.assert_array_equal(port.encode(speech_mel), without.encode(speech_mel))
 
 
+def test_a_graph_keeps_its_cache_key_when_other_graphs_are_traced(tiny):
+    port = load_port().build(tiny, CandidateConfig())
+    key = mlir_text(port.graph("off"))
+    load_port().build(tiny, CandidateConfig()).graph("patch")  # MAX counts the ops traced since, in the text
+    assert mlir_text(port.graph("off")) == key
+
+
 def test_probe_outside_the_workbench_returns_its_argument():
     marker = object()
     assert probe("encoder.ln_post", marker) is marker
     assert probe("not a tap", marker, layout="nonsense") is marker  # nothing is checked outside
 
 
-# -- observe -------------------------------------------------------------------------------------
+# -- observe (the patch graph, every gate off) -----------------------------------------------------
 def test_observe_returns_every_probe_in_canonical_layout(tiny, speech_mel, port):
     names = port.available_taps()
     assert names == [t.name for t in encoder_taps(tiny.dims) if not t.optional]
@@ -76,6 +88,94 @@ def test_observe_returns_every_probe_in_canonical_layout(tiny, speech_mel, port)
         assert compare(out[name], r64[name]).rel_l2 < 1e-4, name
     effect = port.probe_effect(speech_mel)
     assert 0 <= effect.max_abs < 1e-2 and effect.rel_l2 < 1e-4, effect
+
+
+# -- the compile plan --------------------------------------------------------------------------------
+def test_one_graph_answers_and_the_unprobed_one_waits_for_the_probe_effect(tiny, speech_mel, port):
+    fresh = load_port().build(tiny, CandidateConfig())  # the graphs are compiled already: the process has them
+    with recording_compiles() as events:
+        fresh.run(speech_mel, ["encoder.conv1"])
+        fresh.run_patched(speech_mel, {}, ["encoder.conv1"])
+        assert [e.label for e in events] == ["hackathon_encoder-patch"] and list(fresh.compile_log) == ["patch"]
+        fresh.probe_effect(speech_mel)
+    assert [e.label for e in events] == ["hackathon_encoder-patch", "hackathon_encoder-off"]
+    assert all(e.source == "process" and e.seconds == 0 for e in events)
+    assert compile_summary(events) == {"graphs": 2, "compiled": 0, "seconds": 0.0}
+    assert fresh.describe()["encode_graph"] == "the port's own graph (probes off)"
+    assert [e.label for e in max_engine.compile_events()[-2:]] == [e.label for e in events]
+
+
+def test_without_the_probe_effect_one_graph_does_everything(tiny, speech_mel, port):
+    fresh = load_port().build(tiny, CandidateConfig(probe_effect=False))
+    assert fresh.probe_effect(speech_mel) is None
+    np.testing.assert_array_equal(fresh.encode(speech_mel), fresh.run(speech_mel, [ENCODER_OUTPUT])[ENCODER_OUTPUT])
+    assert list(fresh.compile_log) == ["patch"]
+    assert "probed graph" in fresh.describe()["encode_graph"]
+
+
+def test_a_compile_shows_one_progress_line_with_its_elapsed_time(caplog):
+    with caplog.at_level(logging.INFO, logger=max_engine.__name__):
+        with max_engine._progress("compiling g-patch on cpu (graph 1 of 2 for p)", "why", every=0.05):
+            time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "compiling g-patch on cpu (graph 1 of 2 for p) (why)"
+    assert lines[-1] == "compiling g-patch on cpu (graph 1 of 2 for p) ... 0 s, done"
+    assert all(line.startswith("compiling g-patch on cpu (graph 1 of 2 for p) ... ") for line in lines[1:])
+
+
+# -- a port written for a fixed batch ----------------------------------------------------------------
+def fixed_batch_stem(dims):
+    """A conv stem written for a batch of 1 everywhere, as some public ports are (shapes from the dims)."""
+    frames, ctx, n_mels, width = 2 * dims.n_audio_ctx, dims.n_audio_ctx, dims.n_mels, dims.n_audio_state
+
+    def body(mel, c1w, c1b, c2w, c2b, pos, ln_g, ln_b):
+        x = ops.reshape(ops.permute(mel, [0, 2, 1]), (1, 1, frames, n_mels))
+        x = ops.reshape(ops.conv2d(x, c1w, padding=(0, 0, 1, 1), bias=c1b), (1, frames, width))
+        x = ops.gelu(probe("encoder.conv1", x, layout="btc"))
+        x = ops.conv2d(ops.reshape(x, (1, 1, frames, width)), c2w, stride=(1, 2), padding=(0, 0, 1, 1), bias=c2b)
+        x = probe("encoder.conv2.gelu", ops.gelu(ops.reshape(x, (1, ctx, width))), layout="btc")
+        return ops.layer_norm(probe("encoder.positional_embedding", x + pos), ln_g, ln_b, 1e-5)
+
+    return body
+
+
+def _fixed_batch_port(small, **options):
+    weights = load_port().weight_inputs(small.encoder_weights, small.dims.n_audio_layer)
+    return MaxPort(small, CandidateConfig(probe_effect=False), fixed_batch_stem(small.dims),
+                   inputs=weights[:5] + weights[-2:], name="batch-one-port", **options)
+
+
+def test_fixed_batch_port_is_refused_with_the_whole_diagnostic(small):
+    with pytest.raises(FidelityError) as refused:
+        _fixed_batch_port(small)
+    text = str(refused.value)
+    assert text.startswith("batch-one-port: building its MAX graph failed at ") and "test_probes.py:" in text
+    assert "Failed to create op 'ReshapeOp'" in text and "Dim('batch')" in text  # the op and its input
+    assert "input and output number of elements must match" in text  # MAX's reason
+    assert "MaxPort(..., batch=N)" in text
+
+
+def test_fixed_batch_port_runs_unedited_a_window_at_a_time(small, small_mel):
+    port = _fixed_batch_port(small, batch=1)
+    mel = np.concatenate([small_mel, small_mel[:, :, ::-1]])  # two windows
+    names = port.available_taps()
+    both = port.run(mel, names)
+    r64 = TorchRunner(small, "float64").run(mel, port.patchable_taps())
+    for name in port.patchable_taps():  # the stem computes openai-whisper's taps, window by window
+        assert both[name].shape == r64[name].shape and compare(both[name], r64[name]).rel_l2 < 1e-5, name
+    second = port.run(mel[1:], names)
+    for name in names:
+        np.testing.assert_array_equal(both[name][1:], second[name], err_msg=name)
+    patched = port.run_patched(mel, {"encoder.conv2.gelu": r64["encoder.conv2.gelu"]}, names)
+    assert compare(patched["encoder.positional_embedding"], r64["encoder.positional_embedding"]).rel_l2 < 1e-6
+    np.testing.assert_array_equal(port.encode(mel), both[ENCODER_OUTPUT])
+    assert list(port.compile_log) == ["patch"] and port.describe()["batch"] == 1
+
+
+def test_a_short_last_chunk_is_filled_with_its_last_window():
+    chunk = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(_fill(chunk, 4), [[0, 1, 2], [3, 4, 5], [3, 4, 5], [3, 4, 5]])
+    assert _fill(chunk, 2) is chunk
 
 
 # -- refusals ------------------------------------------------------------------------------------

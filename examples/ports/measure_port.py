@@ -1,5 +1,6 @@
-"""Measure a probed MAX port: compile (or MEF load) time of its three graphs, observe vs output-only
-run time (medians), peak RSS, and the probe effect on the encoder output.
+"""Measure a probed MAX port: compile (or MEF load) time of its two graphs, every tap observed (the patch
+graph, gates off) vs output only (probes off) run time (medians), peak RSS, and the probe effect on the
+encoder output.
 
     python examples/ports/measure_port.py --candidate examples/ports/hackathon_port.py:build --repeats 10
 """
@@ -13,8 +14,8 @@ import sys
 import time
 
 from fidelity import audio
-from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
 from fidelity.candidates import specs
+from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
 from fidelity.checkpoints import load_checkpoint
 from fidelity.commands.cli import Parser, add_logging_flags, run_main, setup_logging
 
@@ -45,16 +46,14 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         candidate = specs.build(args.candidate, checkpoint, CandidateConfig())
         build_seconds = time.perf_counter() - start
-        compile_log = {mode: candidate.compile([mode])[mode] for mode in ("off", "observe", "patch")}
+        compile_log = dict(candidate.compile())
         taps = candidate.available_taps()
         off = median_seconds(lambda: candidate.encode(mel), args.repeats)
         observe = median_seconds(lambda: candidate.run(mel, taps), args.repeats)
-        patch = median_seconds(lambda: candidate.run_patched(mel, {}, taps), args.repeats)
         result = {
             "candidate": args.candidate, "model": checkpoint.name, "probes": len(candidate.patchable_taps()),
             "build_seconds": round(build_seconds, 3), "compile": compile_log,
-            "median_seconds": {"off": round(off, 4), "observe_all_taps": round(observe, 4),
-                               "patch_graph_no_patch": round(patch, 4)},
+            "median_seconds": {"off": round(off, 4), "observe_all_taps": round(observe, 4)},
             "observe_over_off": round(observe / off, 3),
             "probe_effect_" + ENCODER_OUTPUT: candidate.probe_effect(mel).as_dict(),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -35,7 +35,9 @@ ATTENTIONS = ("matmul", "flash")  # the attention forms a candidate may offer (`
 
 @dataclass(frozen=True)
 class CandidateConfig:
-    """What the user asks of a candidate: where it runs, in which precision, and the optional forms.
+    """What the user asks of a candidate: where it runs, in which precision, the optional forms, and
+    whether to measure the probe effect (False: a probed port skips compiling its unprobed graph, and its
+    transcript comes from the probed graph).
 
     A builder `NAME(checkpoint, config)` receives this and may refuse what it cannot
     do by raising `FidelityError` with one line naming the problem and the fix.
@@ -49,6 +51,7 @@ class CandidateConfig:
     attention: str = "matmul"
     capture: str = "staged"
     attention_weights: bool = False
+    probe_effect: bool = True
 
     def __post_init__(self):
         check_device(self.device)
@@ -95,6 +98,12 @@ class Candidate(abc.ABC):
     def floor_dtype(self) -> str:
         """The precision openai-whisper runs in to give this candidate's noise floor (`fidelity.precisions`)."""
         return precision(self.dtype).floor
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this candidate has spent compiling so far (loads from a cache included); 0 for one that
+        compiles nothing. Reports count it apart from the candidate's run time."""
+        return 0.0
 
     @property
     def convolutions_as_matmuls(self) -> bool:

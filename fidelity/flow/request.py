@@ -52,4 +52,5 @@ class Request:
     command: str = ""
 
     def candidate_config(self, attention_weights: bool) -> CandidateConfig:
-        return CandidateConfig(self.device, self.dtype, self.attention, self.capture, attention_weights)
+        return CandidateConfig(self.device, self.dtype, self.attention, self.capture, attention_weights,
+                               self.probe_effect)

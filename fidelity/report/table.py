@@ -93,6 +93,11 @@ def format_summary(doc: dict) -> str:
                      if effect.get("material") else ", immaterial"))
         lines.append(f"probe effect on {effect['tap']}: max |off - on| {effect['max_abs']:.2e}, rel_l2 "
                      f"{effect['rel_l2']:.2e} (probes off against every probe an output){judged}")
+    timings = doc.get("timings") or {}
+    if timings.get("compile_s", 0) >= 1 and timings.get("total_s"):
+        compiled, total = timings["compile_s"], timings["total_s"]
+        lines.append(f"compiling took {compiled:.0f} s of this {total:.0f} s run; with its graphs cached a rerun "
+                     f"takes about {max(total - compiled, 0):.0f} s")
     return "\n".join(lines)
 
 
