@@ -179,8 +179,9 @@ def bench_stages(traced: BuiltinCandidate, reference: TorchRunner, mel: np.ndarr
 
 
 def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) -> list[dict]:
-    """Whole transcriptions with each encoder: wall time, the encoder's share (medians), same text or not."""
-    from .e2e import max_encoder, transcribe_with
+    """Whole transcriptions with each encoder: wall time, the encoder's share (medians), same text or not
+    and the WER against openai-whisper's own transcript."""
+    from .e2e import candidate_encoder, error_rates, transcribe_with
 
     checkpoint = checkpoints.load_checkpoint(model_name)
     model = checkpoint.whisper_model().to("cuda" if device == "gpu" else "cpu")
@@ -190,14 +191,15 @@ def bench_e2e(model_name: str, device: str, lengths: list[int], repeats: int) ->
     for seconds in lengths:
         samples = np.resize(source, seconds * audio.SAMPLE_RATE)  # the clip tiled to length
         reference_text = None
-        for side, encoder in (("openai-whisper", model.encoder), ("max", max_encoder(candidate))):
+        for side, encoder in (("openai-whisper", model.encoder), ("max", candidate_encoder(candidate))):
             runs = [transcribe_with(model, samples, encoder, progress=False) for _ in range(repeats)]
             wall = statistics.median(r.seconds for r in runs)
             enc = statistics.median(r.encoder_seconds for r in runs)
             reference_text = reference_text if reference_text is not None else runs[0].text
             rows.append({"audio_s": seconds, "encoder": side, "wall_s": round(wall, 2), "encoder_s": round(enc, 2),
                          "encoder_share": round(enc / wall, 3), "windows": runs[0].encoder_calls,
-                         "same_text": all(r.text == reference_text for r in runs)})
+                         "same_text": all(r.text == reference_text for r in runs),
+                         "wer": error_rates(reference_text, runs[0].text, runs[0].language)["wer"]})
             log.info("%d s audio, %s encoder: %.1f s wall, %.0f%% in the encoder", seconds, side, wall,
                      100 * enc / wall)
     return rows
@@ -223,7 +225,8 @@ def format_results(results: dict) -> str:
     if "e2e" in results:
         return "\n".join(f"{r['audio_s']:4d} s audio  {r['encoder']:15s} {r['wall_s']:7.1f} s wall  "
                          f"{r['encoder_s']:6.1f} s encoder ({100 * r['encoder_share']:.0f}%), "
-                         f"{r['windows']} windows, {'same text' if r['same_text'] else 'TEXT DIFFERS'}"
+                         f"{r['windows']} windows, {'same text' if r['same_text'] else 'TEXT DIFFERS'} "
+                         f"(WER {r['wer']:.3f})"
                          for r in results["e2e"])
     if "compare_wall" in results:
         wall = results["compare_wall"]

@@ -28,14 +28,14 @@ from .candidates.base import Candidate, CandidateConfig, CapabilityError
 from .candidates.loader import build_candidate
 from .candidates.max_builtin import DTYPES, BuiltinCandidate, MaxOptions, Numerics
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
-from .devices import DEVICES, torch_device
-from .e2e import end_to_end, noise_sweep
-from .errors import CandidateCrash, FidelityError
+from .devices import DEVICES
+from .e2e import examine_transcripts, parse_levels, read_truth
+from .errors import FidelityError
 from .faults import faulty_candidate, get_fault
 from .pipeline import Comparison, Plan, References, check_plan, compare_candidate
 from .report.files import atomic_dir, build_report, ensure_replaceable, write_dump_meta, write_report
-from .report.table import format_e2e, format_summary, format_table
-from .teacher import failed as teacher_failed
+from .report.table import format_summary, format_table
+from .report.transcripts_text import format_e2e
 
 log = logging.getLogger("fidelity.compare")
 
@@ -146,7 +146,7 @@ def examine(candidate: Candidate | str | None = None, model: str = checkpoints.D
     comparison = compare_candidate(candidate, references, mel, plan, clip.samples)
     doc = build_report(comparison, _context(checkpoint, clip, len(mel), device, candidate.dtype, layer))
     if e2e:
-        doc["e2e"] = run_e2e(checkpoint, clip, candidate, None, None, [])
+        doc = {**doc, "e2e": examine_transcripts(checkpoint, clip.samples, candidate).as_dict()}
     return doc, comparison
 
 
@@ -226,11 +226,12 @@ def _compare(args: argparse.Namespace) -> int:
                     dump=dump_folder)
         comparison = compare_candidate(candidate, references, mel, plan, clip.samples)
         comparison.timings["compile_s"] = getattr(candidate, "compile_seconds", 0.0)
-        e2e = run_e2e(checkpoint, clip, candidate, truth, args.sensitivity, levels) if args.e2e else None
+        e2e = (examine_transcripts(checkpoint, clip.samples, candidate, truth=truth, sensitivity=args.sensitivity,
+                                   levels=levels) if args.e2e else None)
         comparison.timings["total_s"] = time.perf_counter() - started
         doc = build_report(comparison, context)
         if e2e is not None:
-            doc["e2e"] = e2e
+            doc = {**doc, "e2e": e2e.as_dict()}
         if dump_folder is not None:
             write_dump_meta(dump_folder, {"report": str(out), "taps": list(plan_taps), **context})
         with atomic_dir(out, "report.json") as folder:
@@ -241,59 +242,11 @@ def _compare(args: argparse.Namespace) -> int:
                 (folder / "report.html").write_text(render_html(doc, comparison.errors, args.heatmap_tap))
     sys.stdout.write(format_table(doc) + "\n\n" + format_summary(doc) + "\n")
     if e2e is not None:
-        sys.stdout.write(format_e2e(e2e) + "\n")
+        sys.stdout.write(format_e2e(doc["e2e"]) + "\n")
     log.info("report written to %s%s (%.1f s)", out, f", dumps to {dump}" if dump else "",
              time.perf_counter() - started)
-    e2e_failed = e2e is not None and teacher_failed(e2e["teacher"])  # not merely a changed greedy transcript
+    e2e_failed = e2e is not None and e2e.failed  # not merely a changed greedy transcript
     return EXIT_FAIL if doc["first_divergence"] or e2e_failed else EXIT_OK
-
-
-def run_e2e(checkpoint, clip, candidate: Candidate, truth: str | None, sensitivity: str | None,
-            levels: list[float]) -> dict:
-    """Transcribe with both encoders, compare, teacher-force; optionally sweep noise at one tap (built-in only).
-
-    The decoder runs on the candidate's device; the teacher-forcing floor is openai-whisper in the
-    candidate's floor precision there."""
-    model = checkpoint.whisper_model().to(torch_device(candidate.device))
-
-    def encode(mel):
-        try:
-            return candidate.encode(mel)
-        except FidelityError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the candidate's encode failed inside whisper
-            raise CandidateCrash(f"candidate {candidate.name} crashed in encode (--e2e)") from exc
-
-    result = end_to_end(model, checkpoint, clip.samples, encode, truth, candidate.device, candidate.floor_dtype)
-    if sensitivity:
-        result["sensitivity"] = {"tap": sensitivity,
-                                 "rows": noise_sweep(model, clip.samples, candidate, sensitivity, levels,
-                                                     result["reference_text"])}
-    return result
-
-
-def read_truth(path: Path | None, audio_path: Path) -> str | None:
-    """The ground-truth text: --text, or the text shipped beside a shipped clip."""
-    if path is None:
-        shipped = audio_path.with_suffix(".txt")
-        return shipped.read_text().strip() if audio_path.parent == audio.DATA_DIR and shipped.is_file() else None
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FidelityError(f"cannot read ground-truth text {path}: {exc}") from exc
-    if not text:
-        raise FidelityError(f"ground-truth text {path} is empty")
-    return text
-
-
-def parse_levels(text: str) -> list[float]:
-    try:
-        levels = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise FidelityError(f"--noise-levels: {text!r} is not a comma list of numbers") from None
-    if not levels or any(not 0 < x < 10 for x in levels):
-        raise FidelityError("--noise-levels must be numbers between 0 and 10")
-    return levels
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ class TorchRunner:
     def _numerics(self, root: nn.Module):
         with contextlib.ExitStack() as stack:
             stack.enter_context(disable_sdpa())
-            stack.enter_context(_tf32(self.tf32))
+            stack.enter_context(tf32_matmuls(self.tf32))
             if self.dtype == "float64":
                 stack.enter_context(_layer_norm_in_input_dtype(root))
             yield
@@ -224,7 +224,10 @@ def _layer_norm_in_input_dtype(root: nn.Module):
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
+def tf32_matmuls(enabled: bool):
+    """Inside the block, CUDA matmuls and cuDNN convolutions may use TF32 (`enabled`) or must not; the
+    previous switches are restored after. Whatever runs torch on a GPU and must be IEEE float32 (the
+    reference, the decoder of the end-to-end check) says so with `tf32_matmuls(False)`."""
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
