@@ -77,10 +77,13 @@ def floor_noise_band(model: whisper.Whisper, samples: np.ndarray, reference64: E
         wers.append(error_rates(reference.text, transcript.text, reference.language)["wer"])
         loops.append(len(transcript.loops))
         log.info("floor-noise draw %d: WER %.3f, %d looping window(s)", draw, wers[-1], loops[-1])
-    return FloorBand(seed, tuple(wers), tuple(loops), tuple(rms.values()),
+    band = FloorBand(seed, tuple(wers), tuple(loops), tuple(rms.values()),
                      error_rates(reference.text, candidate.text, reference.language)["wer"],
                      error_rates(reference.text, floor_transcript.text, reference.language)["wer"],
                      time.perf_counter() - start)
+    log.info("floor-noise band: WER %.3f-%.3f over %d draws (%.1f s); the candidate's %.3f", band.low, band.high,
+             draws, band.seconds, band.candidate_wer)
+    return band
 
 
 def _noisy(reference64: Encode, floor: Encode, rms: dict[bytes, float], seed: int, draw: int) -> Encode:

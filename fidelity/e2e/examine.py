@@ -14,7 +14,6 @@ greedy WER; optionally a noise sweep at one stage output of the built-in candida
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +68,9 @@ def examine_transcripts(checkpoint: Checkpoint, samples: np.ndarray, candidate: 
     `floor`: openai-whisper in the candidate's precision on its device (default: `TorchRunner` in
     `candidate.floor_dtype` on `candidate.device`, TF32 off); `truth`: the ground-truth text;
     `sensitivity`, `levels`: a stage output of the built-in candidate and the noise levels to sweep
-    there; `band_draws`: draws of the floor-noise band (0: none); `model`: openai-whisper already on the
-    candidate's device (default: built from `checkpoint`). A clip with no speech is refused before
-    the candidate runs.
+    there; `band_draws`: draws of the floor-noise band (0: none; drawn only when the candidate's greedy
+    words differ from the reference's); `model`: openai-whisper already on the candidate's device
+    (default: built from `checkpoint`). A clip with no speech is refused before the candidate runs.
     """
     model = model or checkpoint.whisper_model().to(torch_device(candidate.device))
     encode = memoized(_guarded(candidate))
@@ -88,23 +87,31 @@ def examine_transcripts(checkpoint: Checkpoint, samples: np.ndarray, candidate: 
     float64 = memoized(torch_encoder(checkpoint, "float64", "cpu"))
     teacher = teacher_forced(model, windows, float64, encode, floor_encode, candidate.floor_dtype, floor_label,
                              floor_reason)
-    band = None
-    if floor_encode is not None and band_draws > 0:
-        start = time.perf_counter()
-        band = floor_noise_band(model, samples, float64, floor_encode, reference, transcripts["candidate"][0],
-                                transcripts["floor"][0], band_draws, seed)
-        log.info("floor-noise band: %d draws in %.1f s", band_draws, time.perf_counter() - start)
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language="en",
                               task="transcribe")
+    greedy = compare_transcripts(tokenizer, reference, transcripts["candidate"][0], truth)
+    band_reason = _why_no_band(floor_reason, band_draws, greedy["wer"])
+    band = None if band_reason else floor_noise_band(model, samples, float64, floor_encode, reference,
+                                                     transcripts["candidate"][0], transcripts["floor"][0],
+                                                     band_draws, seed)
     sweep = None
     if sensitivity:
         sweep = {"tap": sensitivity, "rows": noise_sweep(model, samples, candidate, sensitivity, list(levels),
                                                          reference, seed)}
-    return E2EResult(compare_transcripts(tokenizer, reference, transcripts["candidate"][0], truth),
-                     compare_defaults(transcripts["reference"][1], transcripts["candidate"][1], truth),
-                     free_decoding(transcripts, floor_label, floor_reason, band,
-                                   floor_reason or (None if band else "no floor-noise draws asked for")),
-                     teacher, sweep)
+    return E2EResult(greedy, compare_defaults(transcripts["reference"][1], transcripts["candidate"][1], truth),
+                     free_decoding(transcripts, floor_label, floor_reason, band, band_reason), teacher, sweep)
+
+
+def _why_no_band(floor_reason: str | None, draws: int, candidate_wer: float) -> str | None:
+    """Why the floor-noise band is not drawn (None: it is). A candidate with the reference's words is
+    within any band: its draws (8 more transcriptions) would answer no question."""
+    if floor_reason:
+        return floor_reason
+    if draws <= 0:
+        return "no floor-noise draws asked for"
+    if candidate_wer == 0:
+        return "not needed: the candidate's greedy transcript has the reference's words (WER 0 is in any band)"
+    return None
 
 
 def _guarded(candidate: Candidate) -> Encode:

@@ -60,8 +60,8 @@ def _against_truth(truth: str, reference: Transcript, candidate: Transcript) -> 
 
 
 def side_summary(transcript: Transcript, reference: Transcript) -> dict:
-    """One side's free transcript beside the reference's: WER/CER against it, each kept window's
-    compression ratio, the windows that loop, and the fallbacks."""
+    """One side's free transcript beside the reference's in the same decoding: WER/CER against it, each
+    kept window's compression ratio, the windows that loop, the fallbacks and the time it took."""
     return {"text": transcript.text, **error_rates(reference.text, transcript.text, reference.language),
             "compression_ratios": [_round(d.compression_ratio) for d in transcript.kept],
             "loops": transcript.loops, "fallbacks": transcript.fallbacks, "seconds": round(transcript.seconds, 2)}

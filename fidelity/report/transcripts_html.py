@@ -66,7 +66,7 @@ def _free(free: dict) -> str:
                      f"(seed {band['seed']}); their WERs: {_e(', '.join(f'{w:.3f}' for w in band['wers']))}; "
                      f"the floor's own greedy WER {band['floor_wer']:.3f}.</p>")
     else:
-        lines.append(f"<p>Floor-noise band not computed: {_e(band['reason'])}.</p>")
+        lines.append(f"<p>Floor-noise band not drawn: {_e(band['reason'])}.</p>")
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def format_free(free: dict) -> list[str]:
     if band.get("computed"):
         lines.append(f"  {band_line(band)} ({band['seconds']:.0f} s)")
     else:
-        lines.append(f"  floor-noise band: not computed ({band['reason']})")
+        lines.append(f"  floor-noise band not drawn: {band['reason']}")
     return lines
 
 
