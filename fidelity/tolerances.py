@@ -66,7 +66,7 @@ def badness(statistic: str, value: float) -> float:
     return value
 
 
-# End to end, teacher forced (fidelity.teacher): the candidate's mean KL(float64 reference ||
+# End to end, teacher forced (fidelity.e2e.teacher): the candidate's mean KL(float64 reference ||
 # candidate) of the decoder's next-token distributions, as a multiple of the same KL of
 # openai-whisper's encoder in the candidate's precision (the transcript-level noise floor).
 # Measured on the 2-core CPU (AVX-512), tiny.en, float32, the built-in MAX candidate:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
-
 from fidelity import audio, checkpoints
 from fidelity.candidates.base import ENCODER_OUTPUT, CandidateConfig
 from fidelity.candidates.ctranslate2 import build, build_int8
@@ -46,7 +44,6 @@ def _run(args) -> int:
     if args.e2e:
         model = checkpoint.whisper_model()
         reference = transcribe_with(model, clip.samples, model.encoder, progress=False)
-        normalize = BasicTextNormalizer() if model.is_multilingual else EnglishTextNormalizer()
     rows = [("openai-whisper float32", compare(floor, truth, floor), None)]
     for builder in (build, build_int8):
         candidate = builder(checkpoint, CandidateConfig())
@@ -63,7 +60,7 @@ def _run(args) -> int:
         line = (f"{name:34} {stats.cosine:14.10f} {stats.rel_l2:9.2e} {stats.noise_floor_ratio:9.2f} "
                 f"{stats.max_abs:9.2e}")
         if args.e2e and text is not None:
-            wer = error_rates(normalize(reference.text), normalize(text))["wer"]
+            wer = error_rates(reference.text, text, reference.language)["wer"]
             line += f"  {str(text == reference.text):9}  {wer:.3f}"
         print(line)
     if args.e2e:

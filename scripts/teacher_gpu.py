@@ -4,7 +4,7 @@ Transcribes the clip once with openai-whisper (float32, greedy, on the GPU), the
 teacher-forces openai-whisper's decoder over that transcript with each encoder's
 features and writes one JSON summary: for each encoder, the mean and p99 KL against
 the float64 reference, the ratio to openai-whisper's own encoder in the same dtype
-(the floor, `fidelity.teacher.torch_encoder`: explicit attention), and every flip
+(the floor, `fidelity.e2e.torch_encoder`: explicit attention), and every flip
 with its margin and the floor's movement there. Besides the MAX encoder (staged
 graphs, and flash attention when --flash), openai-whisper's encoder as openai-whisper
 itself runs it (SDPA attention) is a second, equally valid implementation in the
@@ -28,9 +28,9 @@ from fidelity import audio, checkpoints
 from fidelity.candidates.base import CandidateConfig
 from fidelity.candidates.max_builtin import BuiltinCandidate, MaxOptions, Numerics
 from fidelity.devices import torch_device
-from fidelity.e2e import transcribe_with
+from fidelity.e2e import default_floor, memoized, torch_encoder, transcribe_with
+from fidelity.e2e.teacher import reference_windows, teacher_forced
 from fidelity.precisions import torch_dtype
-from fidelity.teacher import memoized, reference_windows, teacher_forced, torch_encoder
 
 log = logging.getLogger("teacher_gpu")
 
@@ -59,7 +59,8 @@ def main() -> None:
     reference = transcribe_with(model, clip.samples, model.encoder, progress=False)
     windows = reference_windows(reference.decodes)
     float64 = memoized(torch_encoder(checkpoint, "float64", "cpu"))
-    floor = memoized(torch_encoder(checkpoint, args.dtype, args.device))
+    floor_encoder = default_floor(checkpoint, args.dtype, args.device)
+    floor = memoized(floor_encoder.encode)
     candidates = {
         "max_staged": lambda: BuiltinCandidate(checkpoint, CandidateConfig(args.device, args.dtype)).encode,
         "openai_whisper_sdpa": lambda: whisper_own_encoder(model, args.dtype),
@@ -80,7 +81,7 @@ def main() -> None:
             summary["encoders"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             log.warning("%s: %s", name, summary["encoders"][name]["error"])
             continue
-        result = teacher_forced(model, windows, float64, encode, floor, args.dtype)
+        result = teacher_forced(model, windows, float64, encode, floor, args.dtype, floor_encoder.label).as_dict()
         cand, fl = result["candidate"], result["floor"]
         summary["encoders"][name] = {
             "kl_mean": cand["kl_mean"], "kl_p99": cand["kl_p99"], "kl_max": cand["kl_max"],

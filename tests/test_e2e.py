@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 import whisper
+from whisper.tokenizer import get_tokenizer
 
 from fidelity import audio
 from fidelity.candidates.base import CandidateConfig
 from fidelity.candidates.max_builtin import BuiltinCandidate
 from fidelity.compare import main as compare_main
-from fidelity.e2e import DropInEncoder, compare_transcripts, max_encoder, noise_sweep, transcribe_with
+from fidelity.e2e import DropInEncoder, candidate_encoder, transcribe_with
+from fidelity.e2e.free import compare_transcripts
+from fidelity.e2e.sensitivity import noise_sweep
 from fidelity.errors import FidelityError
 from fidelity.faults import FAULTS, faulty_candidate
 
@@ -34,6 +37,11 @@ def long_clip():
 
 
 @pytest.fixture(scope="module")
+def tokenizer(model):
+    return get_tokenizer(model.is_multilingual, language="en", task="transcribe")
+
+
+@pytest.fixture(scope="module")
 def reference_long(model, long_clip):
     return transcribe_with(model, long_clip.samples, model.encoder, progress=False)
 
@@ -42,7 +50,7 @@ def test_drop_in_encoder_inside_whisper_decode(model, candidate, speech_mel):
     mel = torch.from_numpy(speech_mel)
     expected = whisper.decode(model, mel, whisper.DecodingOptions(language="en", temperature=0.0, fp16=False))
     original = model.encoder
-    model.encoder = max_encoder(candidate)
+    model.encoder = candidate_encoder(candidate)
     try:
         features = model.embed_audio(mel)
         got = whisper.decode(model, mel, whisper.DecodingOptions(language="en", temperature=0.0, fp16=False))
@@ -53,10 +61,10 @@ def test_drop_in_encoder_inside_whisper_decode(model, candidate, speech_mel):
     assert [r.tokens for r in got] == [r.tokens for r in expected]
 
 
-def test_clean_max_transcribes_long_audio_identically(model, candidate, long_clip, reference_long):
-    cand = transcribe_with(model, long_clip.samples, max_encoder(candidate), progress=False)
+def test_clean_max_transcribes_long_audio_identically(model, tokenizer, candidate, long_clip, reference_long):
+    cand = transcribe_with(model, long_clip.samples, candidate_encoder(candidate), progress=False)
     truth = (audio.DATA_DIR / "speech_long.txt").read_text()
-    result = compare_transcripts(model, reference_long, cand, truth)
+    result = compare_transcripts(tokenizer, reference_long, cand, truth)
     assert len(reference_long.decodes) >= 4  # several 30 s windows, openai-whisper's own seeking
     assert result["identical"] and result["wer"] == 0.0 and result["first_parting"] is None
     assert result["truth"]["wer_reference"] == result["truth"]["wer_candidate"] < 0.25
@@ -64,10 +72,10 @@ def test_clean_max_transcribes_long_audio_identically(model, candidate, long_cli
     assert result["timing"]["candidate"]["encoder_calls"] == len(cand.decodes)
 
 
-def test_a_fault_shows_where_the_transcripts_part(model, tiny, long_clip, reference_long):
+def test_a_fault_shows_where_the_transcripts_part(model, tokenizer, tiny, long_clip, reference_long):
     broken = faulty_candidate(tiny, FAULTS["missing_ln_post"], CandidateConfig())
-    cand = transcribe_with(model, long_clip.samples, max_encoder(broken), progress=False)
-    result = compare_transcripts(model, reference_long, cand)
+    cand = transcribe_with(model, long_clip.samples, candidate_encoder(broken), progress=False)
+    result = compare_transcripts(tokenizer, reference_long, cand)
     parting = result["first_parting"]
     assert not result["identical"] and result["wer"] > 0
     assert parting is not None and parting["reference_token"] != parting["candidate_token"]
@@ -80,7 +88,7 @@ def test_a_fault_shows_where_the_transcripts_part(model, tiny, long_clip, refere
 
 def test_noise_sweep_measures_decoder_tolerance(model, candidate, reference_long, long_clip):
     samples = long_clip.samples[: 30 * 16000]
-    reference = transcribe_with(model, samples, model.encoder, progress=False).text
+    reference = transcribe_with(model, samples, model.encoder, progress=False)
     rows = noise_sweep(model, samples, candidate, "encoder.blocks.1.resid_post", [1e-4, 1.0], reference)
     assert [r["level"] for r in rows] == [1e-4, 1.0]
     assert rows[0]["wer"] <= rows[1]["wer"] and rows[1]["wer"] > 0
@@ -101,12 +109,23 @@ def test_bad_ground_truth_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_e2e_report_in_compare(tmp_path):
+def test_e2e_report_in_compare(tmp_path, capsys):
+    """The built-in float32 candidate through `compare --e2e`: the same words, its free transcripts beside
+    the float32 floor's, and no floor-noise band to draw for a candidate with the reference's words."""
     out = tmp_path / "e2e"
     assert compare_main(["--e2e", "--layer", "encoder.ln_post", "--out", str(out), "-q"]) == 0
     e2e = json.loads((out / "report.json").read_text())["e2e"]
-    assert {"reference_text", "candidate_text", "wer"} <= set(e2e)
+    assert {"reference_text", "candidate_text", "wer", "defaults", "free", "teacher"} <= set(e2e)
     assert e2e["wer"] == 0.0 and e2e["truth"]["wer_candidate"] < 0.25
+    free = e2e["free"]
+    assert free["floor_encoder"] == "openai-whisper encoder, float32 on cpu, TF32 off"
+    for decoding in ("greedy", "defaults"):
+        for side in ("reference", "candidate", "floor"):
+            row = free[decoding][side]
+            assert row["wer"] == 0.0 and row["loops"] == [] and max(row["compression_ratios"]) < 2.4
+    assert free["band"] == {"computed": False, "reason": "not needed: the candidate's greedy transcript has the "
+                                                        "reference's words (WER 0 is in any band)"}
+    assert "floor-noise band not drawn: not needed" in capsys.readouterr().out
 
 
 def test_drop_in_encoder_keeps_device_and_dtype():
@@ -123,6 +142,6 @@ def test_e2e_bench_times_both_pipelines_and_checks_their_texts(tmp_path, capsys)
     rows = json.loads(out.read_text())["e2e"]
     assert [r["encoder"] for r in rows] == ["openai-whisper", "max"]
     for row in rows:
-        assert row["audio_s"] == 30 and row["windows"] >= 1 and row["same_text"] is True
+        assert row["audio_s"] == 30 and row["windows"] >= 1 and row["same_text"] is True and row["wer"] == 0.0
         assert 0 < row["encoder_s"] < row["wall_s"]
     assert "same text" in capsys.readouterr().out

@@ -12,11 +12,11 @@ import torch
 
 from fidelity import audio
 from fidelity.compare import main as compare_main
-from fidelity.e2e import transcribe_with
+from fidelity.e2e import torch_encoder, transcribe_with
+from fidelity.e2e.teacher import Forcing, judge, reference_windows, teacher_forced
 from fidelity.errors import FidelityError
 from fidelity.gate import main as gate_main
-from fidelity.teacher import Forcing, failed, reference_windows, teacher_forced, torch_encoder
-from fidelity.tolerances import kl_ratio_budget
+from fidelity.tolerances import KL_NEGLIGIBLE, kl_ratio_budget
 
 FAULT = "value_bias_dropped"  # a weight change: no graph to compile
 
@@ -52,19 +52,25 @@ def test_teacher_forcing_replays_the_greedy_decode_of_every_window(model, long_r
         assert any(t >= forcing.tokenizer.timestamp_begin for t in window.tokens)
         with torch.no_grad():
             features = model.encoder(torch.from_numpy(window.mel[None])).numpy()
-        raw, filtered = forcing.logprobs(model, features)
-        assert filtered.argmax(dim=-1).tolist() == forcing.targets
+        raw = forcing.logits(model, features)
+        filtered, decisions = forcing.decisions(raw)
+        assert filtered.argmax(dim=-1).tolist() == decisions.top1.tolist() == forcing.targets
         assert torch.isfinite(raw).all() and raw.shape == (len(forcing.targets), model.dims.n_vocab)
+        expected = forcing.allowed.clone()  # the context's masks, less the text wherever the timestamps won
+        expected[torch.from_numpy(decisions.timestamps_won), :forcing.tokenizer.timestamp_begin] = False
+        assert torch.equal(torch.isfinite(filtered), expected)
 
 
 def test_a_candidate_identical_to_the_reference_gives_kl_zero(model, tiny, long_reference):
     windows = reference_windows(long_reference.decodes)[:2]
     reference = torch_encoder(tiny, "float64", "cpu")
-    result = teacher_forced(model, windows, reference, reference, torch_encoder(tiny, "float32", "cpu"), "float32")
-    cand, floor = result["candidate"], result["floor"]
+    result = teacher_forced(model, windows, reference, reference, torch_encoder(tiny, "float32", "cpu"), "float32",
+                            "float32 floor")
+    cand, floor = result.candidate, result.floor
     assert cand["kl_mean"] == 0.0 and cand["kl_max"] == 0.0 and cand["flip_count"] == 0
     assert cand["top1_agreement"] == 1.0 and floor["kl_mean"] > 0
-    assert result["kl_ratio"] == 0.0 and result["verdict"] == "ok" and not failed(result)
+    assert result.judgement["kl_ratio"] == 0.0 and result.verdict == "ok" and not result.failed
+    assert result.as_dict()["floor_encoder"] == "float32 floor"
 
 
 def test_builtin_float32_candidate_is_within_budget_and_a_fault_is_not(runs):
@@ -79,6 +85,9 @@ def test_builtin_float32_candidate_is_within_budget_and_a_fault_is_not(runs):
     code, path = runs["fault"]
     teacher = json.loads(path.read_text())["e2e"]["teacher"]
     assert code == 1 and teacher["verdict"] == "over_budget" and teacher["kl_ratio"] > teacher["budget"]
+    flips = teacher["candidate"]["flips"]  # a real change: its flips are far outside the floor's noise
+    assert flips and all(f["near_tie"] is False and f["margin"] > f["near_tie_threshold"] for f in flips)
+    assert all(f["decided_by"] in ("timestamp_rule", "argmax") and f["floor_flips_here"] is False for f in flips)
 
 
 def test_any_candidate_through_the_command_identical_to_the_floor_gives_ratio_one(tmp_path):
@@ -106,11 +115,13 @@ def test_a_floor_that_cannot_run_is_reported_not_computed(model, tiny, long_refe
     windows = reference_windows(long_reference.decodes)[:1]
     reference = torch_encoder(tiny, "float64", "cpu")
     candidate = torch_encoder(tiny, "float32", "cpu")
-    result = teacher_forced(model, windows, reference, candidate, None, "bfloat16",
+    forced = teacher_forced(model, windows, reference, candidate, None, "bfloat16", "bfloat16 floor on gpu",
                             "--device gpu: torch sees no CUDA device")
-    assert result["verdict"] == "not_computed" and result["kl_ratio"] is None and not failed(result)
+    result = forced.as_dict()
+    assert result["verdict"] == "not_computed" and result["kl_ratio"] is None and not forced.failed
     assert result["floor"] == {"computed": False, "reason": "--device gpu: torch sees no CUDA device"}
     assert result["candidate"]["kl_mean"] > 0 and "floor" not in result["windows"][0]
+    assert all(f["near_tie"] is None for f in result["candidate"]["flips"])
 
 
 def test_no_speech_is_refused_in_one_line_and_nothing_written(tmp_path, capsys):
@@ -144,14 +155,10 @@ def test_reference_windows_refuse_a_transcript_without_tokens(model):
 
 def test_a_ratio_of_two_rounding_noises_is_not_a_verdict():
     """Short clips in float32: both KLs are the decoder's rounding, their ratio is noise (seen 4-13x)."""
-    from fidelity.teacher import judge
-    from fidelity.tolerances import KL_NEGLIGIBLE
+    def side(kl):
+        return {"kl_mean": kl, "kl_p99": kl, "flips": []}
 
-    def report(cand_kl, floor_kl):
-        side = {"kl_mean": cand_kl, "kl_p99": cand_kl, "flips": []}
-        return {"candidate": side, "floor": {"kl_mean": floor_kl, "kl_p99": floor_kl, "flips": []}}
-
-    tiny = judge(report(KL_NEGLIGIBLE / 300, KL_NEGLIGIBLE / 3000), "float32")
+    tiny = judge(side(KL_NEGLIGIBLE / 300), side(KL_NEGLIGIBLE / 3000), "float32")
     assert tiny["kl_ratio"] == pytest.approx(10.0) and tiny["verdict"] == "ok" and "immaterial" in tiny["note"]
-    real = judge(report(1e-3, 1e-4), "bfloat16")
+    real = judge(side(1e-3), side(1e-4), "bfloat16")
     assert real["kl_ratio"] == pytest.approx(10.0) and real["verdict"] == "over_budget"

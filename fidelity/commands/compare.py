@@ -25,6 +25,7 @@ from .. import audio, checkpoints
 from .. import taps as tapmod
 from ..candidates.base import ATTENTIONS
 from ..devices import DEVICES
+from ..e2e import parse_levels, read_truth
 from ..errors import FidelityError
 from ..flow.examination import Examination
 from ..flow.examine import Examiner
@@ -34,7 +35,8 @@ from ..outputs import atomic_dir, ensure_replaceable
 from ..precisions import CANDIDATE_PRECISIONS
 from ..report.dumps import META, DumpWriter, write_dump_meta
 from ..report.report_files import MARKER, write_report
-from ..report.table import format_e2e, format_summary, format_table
+from ..report.table import format_summary, format_table
+from ..report.transcripts_text import format_e2e
 from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_logging
 
 log = logging.getLogger("fidelity.compare")
@@ -194,7 +196,7 @@ def _print_table(comparison: Comparison) -> None:
 def _print_rest(examination: Examination) -> None:
     sys.stdout.write(format_summary(examination.document) + "\n")
     if examination.e2e is not None:
-        sys.stdout.write(format_e2e(examination.e2e) + "\n")
+        sys.stdout.write(format_e2e(examination.document["e2e"]) + "\n")
 
 
 def _error_maps():
@@ -217,28 +219,3 @@ def _list_taps(checkpoint: checkpoints.Checkpoint) -> int:
         extra = "  (only when named)" if tap.optional else ""
         sys.stdout.write(f"{tap.name:44s} {'x'.join(map(str, tap.shape)):>14s}  {tap.description}{extra}\n")
     return EXIT_OK
-
-
-def read_truth(path: Path | None, audio_path: Path) -> str | None:
-    """The ground-truth text: --text, or the text shipped beside a shipped clip."""
-    if path is None:
-        shipped = audio_path.with_suffix(".txt")
-        return shipped.read_text().strip() if audio_path.parent == audio.DATA_DIR and shipped.is_file() else None
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FidelityError(f"cannot read ground-truth text {path}: {exc}") from exc
-    if not text:
-        raise FidelityError(f"ground-truth text {path} is empty")
-    return text
-
-
-def parse_levels(text: str) -> tuple[float, ...]:
-    try:
-        levels = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise FidelityError(f"--noise-levels: {text!r} is not a comma list of numbers") from None
-    if not levels or any(not 0 < x < 10 for x in levels):
-        raise FidelityError("--noise-levels must be numbers between 0 and 10")
-    return levels
-

@@ -69,7 +69,7 @@ class ClipComparer:
         start = time.perf_counter()
         request = Request(model=self._checkpoints[config.model], audio=None, candidate=config.candidate,
                           taps=STAGE_OUTPUTS, device=config.device, dtype=config.dtype, isolate=config.isolate,
-                          probe_effect=False, e2e=config.e2e)
+                          probe_effect=False, e2e=config.e2e, band_draws=0)  # a row has no band columns
         examiner = Examiner(request)
         timings["examiner_s"] = time.perf_counter() - start
         timings["graph_compile_or_load_s"] = examiner.candidate.compile_seconds
@@ -93,7 +93,7 @@ class ClipComparer:
             examination = examiner.examine(loaded, truth=clip.text)
             row.update(stage_row(examination))
             if examination.e2e is not None:
-                row.update(e2e_row(examination.e2e), e2e_s=examination.timings["e2e_s"])
+                row.update(e2e_row(examination.e2e.as_dict()), e2e_s=examination.timings["e2e_s"])
             row["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - a row records any failure and the sweep goes on
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

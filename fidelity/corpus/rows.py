@@ -38,7 +38,7 @@ SCHEMA = pa.schema([
     ("wer_vs_reference", _F), ("cer_vs_reference", _F),
     ("wer_reference_vs_truth", _F), ("cer_reference_vs_truth", _F),
     ("wer_candidate_vs_truth", _F), ("cer_candidate_vs_truth", _F), ("first_parting_token", _S),
-    # teacher-forced statistics (fidelity.teacher): the candidate's next-token KL against the float64
+    # teacher-forced statistics (fidelity.e2e.teacher): the candidate's next-token KL against the float64
     # reference on the reference's tokens, its ratio to openai-whisper's own floor, flips, verdict
     ("teacher_kl_mean", _F), ("teacher_kl_max", _F), ("teacher_kl_ratio", _F), ("teacher_flips", _I),
     ("teacher_verdict", _S),

@@ -51,7 +51,7 @@ def report_document(examination: Examination) -> dict:
         doc["arithmetic"] = {"spans": spans, "strict_fp32": request.strict_fp32,
                              "mode": "tf32" if "tf32" in spans and not request.strict_fp32 else "ieee"}
     if e.e2e is not None:
-        doc["e2e"] = e.e2e
+        doc["e2e"] = e.e2e.as_dict()
     return doc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from ..teacher import failed as teacher_failed
+from ..e2e import E2EResult
 from ..verdicts import TapResult
 from .document import report_document
 from .request import Request
@@ -51,7 +51,7 @@ class Examination:
     setting: Setting
     comparison: Comparison
     probe_effect: ProbeEffect | None = None
-    e2e: dict | None = None
+    e2e: E2EResult | None = None
     timings: dict = field(default_factory=dict)
 
     # -- views (the comparison has the per-tap ones: first_stage, internal_differences, capture_problems) --
@@ -70,7 +70,7 @@ class Examination:
     def failed(self) -> bool:
         """Whether the examination found a divergence (a command exits 1): a tap over budget, or transcripts
         that differ beyond noise when teacher-forced (not merely a changed greedy transcript)."""
-        return bool(self.first_divergence) or (self.e2e is not None and teacher_failed(self.e2e["teacher"]))
+        return bool(self.first_divergence) or (self.e2e is not None and self.e2e.failed)
 
     @functools.cached_property
     def document(self) -> dict:

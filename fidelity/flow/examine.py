@@ -23,9 +23,11 @@ from .. import audio, checkpoints
 from .. import taps as tapmod
 from ..candidates import specs
 from ..candidates.base import Candidate, CapabilityError
+from ..devices import torch_device
+from ..e2e import E2EResult, FloorEncoder, examine_transcripts
 from ..errors import FidelityError
 from ..provenance import reference_platform, versions
-from ..reference.references import References
+from ..reference.references import FLOOR, TF32_FLOOR, References
 from ..verdicts import TF32
 from .examination import Examination, ProbeEffect, Setting
 from .request import Request
@@ -111,7 +113,7 @@ class Examiner:
         e2e = None
         if self.request.e2e:
             start = time.perf_counter()
-            e2e = self._end_to_end(clip, truth or self.request.truth)
+            e2e = self._end_to_end(clip, truth or self.request.truth, comparison)
             timings["e2e_s"] = time.perf_counter() - start
         timings["compile_s"] = self.candidate.compile_seconds - self._compiled_before
         timings["total_s"] = time.perf_counter() - started + self.build_seconds
@@ -148,25 +150,18 @@ class Examiner:
                         effect.floor_fraction, effect.rmse)
         return effect
 
-    def _end_to_end(self, clip: audio.Clip, truth: str | None) -> dict:
-        from ..e2e import end_to_end, noise_sweep
-
+    def _end_to_end(self, clip: audio.Clip, truth: str | None, comparison: Comparison) -> E2EResult:
+        """Transcripts and teacher forcing (`fidelity.e2e`), the floor in the arithmetic the comparison found."""
         candidate, request = self.candidate, self.request
         if self._whisper is None:
-            from ..devices import torch_device
-
             self._whisper = self.checkpoint.whisper_model().to(torch_device(candidate.device))
-
-        def encode(mel):
-            return call_candidate(candidate, "encode (--e2e)", candidate.encode, mel)
-
-        result = end_to_end(self._whisper, self.checkpoint, clip.samples, encode, truth, candidate.device,
-                            candidate.floor_dtype)
-        if self.sensitivity:
-            result["sensitivity"] = {"tap": self.sensitivity,
-                                     "rows": noise_sweep(self._whisper, clip.samples, candidate, self.sensitivity,
-                                                         list(request.noise_levels), result["reference_text"])}
-        return result
+        tf32 = TF32_FLOOR in self.references.runners and not request.strict_fp32 and any(
+            row.arithmetic == TF32 for row in comparison.rows)
+        side = TF32_FLOOR if tf32 else FLOOR
+        floor = FloorEncoder(self.references.runners[side].encode, self.references.describe()[side])
+        return examine_transcripts(self.checkpoint, clip.samples, candidate, truth=truth, floor=floor,
+                                   sensitivity=self.sensitivity, levels=request.noise_levels,
+                                   band_draws=request.band_draws, model=self._whisper)
 
 
 def _check_flags(request: Request, dims) -> str | None:

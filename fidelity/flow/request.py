@@ -25,10 +25,10 @@ class Request:
     measure a float32 floor with TF32-class matmuls and name each span's arithmetic (None: on a GPU in
     float32, where MAX's matmuls are TF32-class; True also on the CPU, emulated); `strict_fp32`:
     demand IEEE float32 (a TF32-class span diverges); `tf32_reference`: the floor itself with TF32
-    matmuls and convolutions (`--tf32 on`); `probe_effect`: build and run a
-    port's unprobed graph too; `e2e`: transcribe and teacher-force, against the ground truth
-    `truth` when given; `sensitivity`: a stage output to add noise at (`noise_levels`, built-in
-    candidate); `command`: the command line, recorded in the report.
+    matmuls and convolutions (`--tf32 on`); `probe_effect`: build and run a port's unprobed graph
+    too; `e2e`: transcribe and teacher-force, against the ground truth `truth` when given, with
+    `band_draws` draws of the floor-noise band; `sensitivity`: a stage output to add noise at
+    (`noise_levels`, built-in candidate); `command`: the command line, recorded in the report.
     """
 
     model: str | Path | Checkpoint = DEFAULT_MODEL
@@ -46,6 +46,7 @@ class Request:
     tf32_reference: bool = False
     probe_effect: bool = True
     e2e: bool = False
+    band_draws: int = 8
     truth: str | None = None
     sensitivity: str | None = None
     noise_levels: tuple[float, ...] = NOISE_LEVELS

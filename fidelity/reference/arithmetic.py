@@ -88,6 +88,12 @@ def tf32_switches(matmuls: bool, convolutions: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def ieee_float32():
+    """torch's TF32 switches off for the block: what runs torch on a GPU and must be IEEE float32 (the decoder of
+    the end-to-end check) says so."""
+    return tf32_switches(False, False)
+
+
 def describe(mode: str, device: str, convolutions: bool) -> str:
     """How a floor in `mode` was computed, in words (for reports)."""
     if mode == IEEE:

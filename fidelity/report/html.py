@@ -10,7 +10,6 @@ with how many images rendered, for the browser test.
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import numpy as np
@@ -19,8 +18,9 @@ from matplotlib.colors import LogNorm
 from .error_maps import EDGES, ErrorMap
 from .html_parts import escape as _e
 from .html_parts import image as _img
-from .html_parts import number, page, plt
+from .html_parts import page, plt
 from .html_parts import table as html_table
+from .transcripts_html import e2e_sections
 
 
 def render_html(doc: dict, maps: dict[str, ErrorMap], heatmap_tap: str | None = None) -> str:
@@ -36,9 +36,7 @@ def render_html(doc: dict, maps: dict[str, ErrorMap], heatmap_tap: str | None = 
         parts += [f"<h2>Where the error sits: {_e(heat)}</h2>", _img(_heatmap(maps[heat]))]
     parts += ["<h2>Per-tap statistics</h2>", _table(doc)]
     if "e2e" in doc:
-        parts += ["<h2>Transcripts</h2>", _transcripts(doc["e2e"])]
-        if "teacher" in doc["e2e"]:
-            parts += ["<h2>Teacher forced: next-token KL along the transcript</h2>", _teacher(doc["e2e"]["teacher"])]
+        parts += e2e_sections(doc["e2e"])
     return page(f"fidelity: {doc['model']['name']}", "\n".join(parts))
 
 
@@ -120,81 +118,3 @@ def _table(doc: dict) -> str:
     if any("consistency_verdict" in r for r in doc["taps"]):
         columns += ["consistency_ratio", "consistency_verdict"]
     return html_table(doc["taps"], columns, lambda column, value: value if column.endswith("verdict") else None)
-
-
-def _transcripts(e2e: dict) -> str:
-    ref, cand = e2e["reference_text"].split(), e2e["candidate_text"].split()
-    pieces = []
-    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=ref, b=cand, autojunk=False).get_opcodes():
-        if op == "equal":
-            pieces.append(_e(" ".join(ref[a0:a1])))
-        if op in ("delete", "replace"):
-            pieces.append(f"<del>{_e(' '.join(ref[a0:a1]))}</del>")
-        if op in ("insert", "replace"):
-            pieces.append(f"<ins>{_e(' '.join(cand[b0:b1]))}</ins>")
-    lines = [f"<p>WER {e2e['wer']:.3f}, CER {e2e['cer']:.3f} between reference and candidate"
-             + (" (identical)" if e2e["identical"] else "") + "</p>",
-             f"<p class='transcript'>{' '.join(pieces) or '(no speech)'}</p>"]
-    parting = e2e.get("first_parting")
-    if parting:
-        lines.append(f"<p>First parting: window {parting['window']}, token {parting['token_index']}: reference "
-                     f"<b>{_e(parting['reference_token'])}</b>, candidate <b>{_e(parting['candidate_token'])}</b></p>")
-    return "\n".join(lines)
-
-
-_LABELS = 10  # flips labelled with their margin in the KL plot (the smallest margins); all are marked
-
-
-def _teacher(teacher: dict) -> str:
-    cand, floor = teacher["candidate"], teacher["floor"]
-    ratio = "not computed" if teacher["kl_ratio"] is None else f"{teacher['kl_ratio']:.3g}"
-    lines = [f"<p>{cand['tokens']} tokens: mean KL candidate {cand['kl_mean']:.3g}"
-             + (f", floor {floor['kl_mean']:.3g}" if floor.get("computed", True) else
-                f", floor not computed ({_e(floor['reason'])})")
-             + f"; KL ratio {ratio} (budget {teacher['budget']:g}): <b>{_e(teacher['verdict'])}</b>; "
-             f"top-1 agreement {100 * cand['top1_agreement']:.2f}%, {cand['flip_count']} flip(s).</p>",
-             _img(_kl_curve(teacher))]
-    if cand["flips"]:
-        head = "".join(f"<th>{c}</th>" for c in ("window", "token", "context", "reference", "candidate", "margin",
-                                                 "floor moved it", "near-tie threshold", "near tie"))
-        body = "".join(
-            f"<tr><td>{f['window']}</td><td>{f['token_index']}</td><td>{_e(f['context'][-50:])}</td>"
-            f"<td>{_e(f['reference_token'])}</td><td>{_e(f['side_token'])}</td><td>{number(f['margin'])}</td>"
-            f"<td>{number(f['floor_movement'])}</td><td>{number(f.get('near_tie_threshold'))}</td>"
-            f"<td class='{'ok' if f['near_tie'] else 'diverged'}'>{_e(f['near_tie'])}</td></tr>"
-            for f in cand["flips"][:200])
-        lines.append(f"<table><tr>{head}</tr>{body}</table>")
-    return "\n".join(lines)
-
-
-def _kl_curve(teacher: dict):
-    fig, axis = plt.subplots(figsize=(12, 3.8))
-    offset, starts = 0, []
-    flips = teacher["candidate"]["flips"]
-    labelled = {(f["window"], f["token_index"]) for f in sorted(flips, key=lambda f: f["margin"] or 0)[:_LABELS]}
-    for row in teacher["windows"]:
-        n = len(row["tokens"])
-        x = np.arange(offset, offset + n)
-        for side, style in (("candidate", dict(color="#3182bd", lw=1)),
-                            ("floor", dict(color="#636363", lw=0.8, ls="--"))):
-            if side in row:  # KL 0 (or a rounding-negative KL) has no place on a log axis: left out
-                kl = np.array([np.nan if v is None or v <= 0 else v for v in row[side]["kl"]], dtype=float)
-                axis.semilogy(x, kl, label=side if not starts else None, **style)
-        for flip in row["candidate"]["flips"]:
-            j = offset + flip["token_index"]
-            value = row["candidate"]["kl"][flip["token_index"]] or 0.0
-            y = value if value > 0 else np.nan
-            axis.plot([j], [y], "v", color="#de2d26" if not flip["near_tie"] else "#fd8d3c", ms=7)
-            if (flip["window"], flip["token_index"]) in labelled and value > 0:
-                label = f"{flip['reference_token']!r}->{flip['side_token']!r}\nmargin {number(flip['margin'])}"
-                axis.annotate(label, (j, y), fontsize=6, xytext=(2, 6), textcoords="offset points")
-        starts.append(offset)
-        offset += n
-    for start in starts[1:]:
-        axis.axvline(start - 0.5, color="k", lw=0.5, ls=":")
-    axis.set_xlabel("token along the reference transcript (dotted: window boundaries)")
-    axis.set_ylabel("KL(reference || side), nats")
-    axis.grid(True, which="major", alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return fig
