@@ -26,6 +26,8 @@ class ErrorMap:
     window: int
     counts: np.ndarray
     heat: np.ndarray
+    frames: int               # frames (rows) of the error before pooling
+    channels: int
 
 
 class ErrorMaps:
@@ -44,17 +46,17 @@ class ErrorMaps:
             return
         error = np.abs(candidate[0].astype(np.float64) - truth[0]).astype(np.float32)
         self._stats[result.name] = stats
+        oriented = _oriented(result.name, error)
         self.maps[result.name] = ErrorMap(result.name, window, np.histogram(error, bins=EDGES)[0],
-                                          _heat(result.name, error))
+                                          _pool(_pool(oriented, MAX_FRAMES, axis=0), MAX_CHANNELS, axis=1),
+                                          *oriented.shape)
 
 
-def _heat(tap: str, error: np.ndarray) -> np.ndarray:
-    """Frames x channels (attention weights: queries x keys, mean over heads), max-pooled to a bounded size."""
+def _oriented(tap: str, error: np.ndarray) -> np.ndarray:
+    """Frames x channels (attention weights: queries x keys, mean over heads)."""
     if error.ndim == 3:
-        error = error.mean(axis=0)
-    elif tap.startswith("encoder.conv"):  # channels x frames
-        error = error.T
-    return _pool(_pool(error, MAX_FRAMES, axis=0), MAX_CHANNELS, axis=1)
+        return error.mean(axis=0)
+    return error.T if tap.startswith("encoder.conv") else error  # conv taps are channels x frames
 
 
 def _pool(array: np.ndarray, size: int, axis: int) -> np.ndarray:

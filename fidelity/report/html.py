@@ -20,6 +20,7 @@ from .html_parts import escape as _e
 from .html_parts import image as _img
 from .html_parts import page, plt
 from .html_parts import table as html_table
+from .table import arithmetic_lines
 from .transcripts_html import e2e_sections
 
 
@@ -52,6 +53,8 @@ def _meta(doc: dict) -> str:
                                                 f"within budget)" for d in doc.get("internal_differences") or [])
               or "none"),
              ("capture problems", ", ".join(doc.get("capture_problems") or []) or "none"),
+             *((f"floor ({side})", how) for side, how in (doc.get("floors") or {}).items()),
+             ("arithmetic", " ".join(arithmetic_lines(doc.get("arithmetic"))) or "not classified (one floor)"),
              ("versions", versions), ("created", doc.get("created", "")), ("command", doc.get("command", ""))]
     return "<table class='meta'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"
 
@@ -102,10 +105,14 @@ def _heatmap(error_map: ErrorMap):
     error = error_map.heat
     fig, axis = plt.subplots(figsize=(12, 3.5))
     image = axis.imshow(error.T, aspect="auto", origin="lower", cmap="magma",
+                        extent=(0, error_map.frames, 0, error_map.channels),
                         norm=LogNorm(vmin=max(float(error[error > 0].min(initial=1e-12)), 1e-12),
                                                        vmax=max(float(error.max()), 1e-11)))
-    axis.set_xlabel("frame (time), max over pooled frames" if error_map.heat.shape[0] >= 400 else "frame (time)")
+    axis.set_xlabel("frame (time)")
     axis.set_ylabel("channel")
+    if error.shape != (error_map.frames, error_map.channels):
+        frames, channels = (-(-n // m) for n, m in zip((error_map.frames, error_map.channels), error.shape))
+        axis.set_title(f"each cell: the largest error over {frames} frame(s) x {channels} channel(s)", fontsize=8)
     fig.colorbar(image, ax=axis, label="|candidate - float64|")
     fig.tight_layout()
     return fig
@@ -115,6 +122,8 @@ def _table(doc: dict) -> str:
     columns = ["name", "shape", "cosine", "rel_l2", "max_abs", "bias", "std_ratio", "noise_floor_ratio", "verdict"]
     if doc.get("isolated"):
         columns += ["local_noise_floor_ratio", "local_verdict"]
+    if any("arithmetic" in r for r in doc["taps"]):
+        columns += ["local_tf32_floor_ratio" if doc.get("isolated") else "tf32_floor_ratio", "arithmetic"]
     if any("consistency_verdict" in r for r in doc["taps"]):
         columns += ["consistency_ratio", "consistency_verdict"]
     return html_table(doc["taps"], columns, lambda column, value: value if column.endswith("verdict") else None)

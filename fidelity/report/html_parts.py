@@ -50,7 +50,7 @@ def number(value, column: str = "") -> str:
     if column == "shape":
         return "x".join(map(str, value))
     if isinstance(value, float):
-        return f"{value:.9f}" if column == "cosine" or 0.99 < value < 1.0 else f"{value:.3g}"
+        return f"{value:.9f}" if column.endswith("cosine") else f"{value:.3g}"
     return str(value)
 
 

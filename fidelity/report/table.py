@@ -76,7 +76,7 @@ def format_summary(doc: dict) -> str:
     if doc.get("capture_problems"):
         lines.append(f"capture problems (a captured tap its own recomputation does not reproduce): "
                      f"{', '.join(doc['capture_problems'])}")
-    lines += _arithmetic_lines(doc.get("arithmetic"))
+    lines += arithmetic_lines(doc.get("arithmetic"))
     post = next((r for r in doc["taps"] if r["name"] == "encoder.ln_post"), None)
     floor_dtype = (doc.get("candidate") or {}).get("floor_dtype") or doc.get("dtype", "")
     if post and post["cosine"] is not None:
@@ -105,7 +105,7 @@ def _times(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
 
 
-def _arithmetic_lines(arithmetic: dict | None) -> list[str]:
+def arithmetic_lines(arithmetic: dict | None) -> list[str]:
     """Which float32 arithmetic each span runs in, when a TF32-matmul floor was measured."""
     if not arithmetic or not arithmetic.get("spans"):
         return []
