@@ -2,8 +2,8 @@
 
 `measure(BenchPlan(...))` returns the benchmark document (what `--out` writes): per
 configuration its fidelity summary and, per batch, the median time of `encode(mel)`
-(numpy log-mel in, numpy encoder output out, so host transfers count for every encoder
-alike), the rate it reaches and its share of the device's dense peak in its precision,
+(the log-mel already on the device, the encoder output left there, alike for every encoder),
+the rate it reaches and its share of the device's dense peak in its precision,
 and the fast-and-faithful frontier per batch.
 """
 
@@ -104,8 +104,8 @@ def measure(plan: BenchPlan) -> dict:
            "device": plan.device, "machine": machine(plan.device), "versions": versions(),
            "date": time.strftime("%Y-%m-%d"), "command": plan.command,
            "timing": {"repeats": plan.repeats, "warmup": plan.warmup,
-                      "what": "encode(mel): numpy log-mel in, numpy encoder output out (host transfers included), "
-                              "median ms per call, the device synchronised"},
+                      "what": "the encoder on a log-mel already on the device, its output left there (host "
+                              "transfers excluded), median ms per call, the device synchronised"},
            "flops_per_window": flops,
            "peaks": {dtype: peak.as_dict() if peak else None for dtype, peak in peaks.items()},
            "configurations": rows, "skipped": [asdict(s) for s in skipped]}
@@ -156,16 +156,14 @@ def _fidelity(examination: Examination) -> dict:
 
 def time_encode(config: Configuration, mel1: np.ndarray, batch: int, sync: Sync, plan: BenchPlan,
                 flops_per_window: int, peak: Peak | None) -> dict:
-    """`encode` on `batch` copies of the window (after one untimed call that loads what it needs); with
-    `plan.traced`, a run with every tap to the host too (a candidate with inner taps)."""
+    """The encoder on `batch` copies of the window, its input already on the device and its output left there
+    (`Candidate.resident`; after one untimed call that loads what it needs); with `plan.traced`, a run with
+    every tap to the host too (a candidate with inner taps)."""
     candidate = config.candidate
     mel = np.repeat(mel1, batch, axis=0)
-
-    def encode():
-        return call_candidate(candidate, "encode", candidate.encode, mel)
-
-    encode()
-    ms = median_ms(encode, sync, plan.repeats, plan.warmup)
+    encode = call_candidate(candidate, "resident", candidate.resident, mel)
+    call_candidate(candidate, "encode", encode)
+    ms = median_ms(lambda: call_candidate(candidate, "encode", encode), sync, plan.repeats, plan.warmup)
     tflops = flops_per_window * batch / (ms / 1e3) / 1e12
     row = {"batch": batch, "fixed": candidate.fixed_batch is not None, "median_ms": ms, "ms_per_window": ms / batch,
            "tflops": tflops, "peak_share": tflops / peak.tflops if peak else None}

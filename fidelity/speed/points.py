@@ -44,9 +44,19 @@ class TorchEncoder(_EncoderOnly):
                        if compiled else runner.encoder)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)).to(self._where, self._kind)
         with torch.no_grad():
-            return self.module(x).float().cpu().numpy()
+            return self.module(self._input(mel)).float().cpu().numpy()
+
+    def resident(self, mel: np.ndarray):
+        x = self._input(mel)
+
+        def run():
+            with torch.no_grad():
+                return self.module(x)
+        return run
+
+    def _input(self, mel: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)).to(self._where, self._kind)
 
     def describe(self) -> dict:
         return {**super().describe(), "engine": f"torch {torch.__version__}",
@@ -69,6 +79,11 @@ class WholeGraph(_EncoderOnly):
     def encode(self, mel: np.ndarray) -> np.ndarray:
         check_batch(mel, self.dims)
         return np.array(self.encoder.execute(mel)[0].to_numpy())
+
+    def resident(self, mel: np.ndarray):
+        check_batch(mel, self.dims)
+        x = self.encoder.to_device(mel)
+        return lambda: self.encoder.execute(x)
 
     def describe(self) -> dict:
         return {**super().describe(), "attention": self.options.attention, "graph": "the whole encoder, one graph"}

@@ -135,6 +135,17 @@ class BuiltinCandidate(Candidate):
                 x = self._to_device(perturb(stage.output, np.array(x.to_numpy())))
         return np.array(x if isinstance(x, np.ndarray) else x.to_numpy())
 
+    def resident(self, mel: np.ndarray):
+        """The stage graphs chained on device buffers (every tap of a stage stays on the device)."""
+        x = self._to_device(mel)
+
+        def run():
+            y = x
+            for stage in self.stages:
+                y = self.models[stage.name].execute(y)[-1]
+            return y
+        return run
+
     def describe(self) -> dict:
         return {**super().describe(), "capture": self.options.capture, "attention": self.options.attention}
 
