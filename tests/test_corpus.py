@@ -107,6 +107,7 @@ def test_empty_folder_and_dead_address_exit_2(corpus, tmp_path):
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
 
 
+@pytest.mark.slow
 def test_sweep_interrupted_resumed_and_reported(corpus, tmp_path):
     out = tmp_path / "sweep"
     missing = corpus.parent / "with_missing.jsonl"

@@ -24,6 +24,7 @@ def _plan(dims, **kwargs):
     return Plan(tuple(t.name for t in select_taps(dims, "all")), **kwargs)
 
 
+@pytest.mark.slow
 def test_bfloat16_candidate_is_judged_against_the_bfloat16_floor(small, small_mel):
     candidate = BuiltinCandidate(small, CandidateConfig(dtype="bfloat16"))
     result = compare_candidate(candidate, References(small, "bfloat16"), small_mel, _plan(small.dims))
@@ -60,7 +61,8 @@ def test_flash_attention_in_float16_is_refused_before_compiling(capsys, tmp_path
 
 
 def test_flash_attention_cannot_give_attention_weights(capsys):
-    assert compare_main(["--attention", "flash", "--layer", "encoder.blocks.0.attn.weights"]) == 2
+    assert compare_main(["--attention", "flash", "--dtype", "bfloat16",
+                         "--layer", "encoder.blocks.0.attn.weights"]) == 2
     assert "never forms the attention weights" in capsys.readouterr().err
 
 
@@ -72,6 +74,7 @@ def test_gpu_bfloat16_candidate(small, small_mel):
     assert all(r.consistency_verdict == "ok" for r in result.rows)
 
 
+@pytest.mark.slow
 def test_fused_capture_agrees_with_its_stages_on_cpu(small, small_mel):
     candidate = BuiltinCandidate(small, CandidateConfig(), MaxOptions(capture="fused"))
     assert not candidate.runs_by_stage

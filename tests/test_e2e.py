@@ -61,6 +61,7 @@ def test_drop_in_encoder_inside_whisper_decode(model, candidate, speech_mel):
     assert [r.tokens for r in got] == [r.tokens for r in expected]
 
 
+@pytest.mark.slow
 def test_clean_max_transcribes_long_audio_identically(model, tokenizer, candidate, long_clip, reference_long):
     cand = transcribe_with(model, long_clip.samples, candidate_encoder(candidate), progress=False)
     truth = (audio.DATA_DIR / "speech_long.txt").read_text()
@@ -72,6 +73,7 @@ def test_clean_max_transcribes_long_audio_identically(model, tokenizer, candidat
     assert result["timing"]["candidate"]["encoder_calls"] == len(cand.decodes)
 
 
+@pytest.mark.slow
 def test_a_fault_shows_where_the_transcripts_part(model, tokenizer, tiny, long_clip, reference_long):
     broken = faulty_candidate(tiny, FAULTS["missing_ln_post"], CandidateConfig())
     cand = transcribe_with(model, long_clip.samples, candidate_encoder(broken), progress=False)
@@ -86,6 +88,7 @@ def test_a_fault_shows_where_the_transcripts_part(model, tokenizer, tiny, long_c
     assert parting["reference_top"][0]["token"] == parting["reference_token"] or parting["token_index"] == 0
 
 
+@pytest.mark.slow
 def test_noise_sweep_measures_decoder_tolerance(model, candidate, reference_long, long_clip):
     samples = long_clip.samples[: 30 * 16000]
     reference = transcribe_with(model, samples, model.encoder, progress=False)
@@ -118,7 +121,7 @@ def test_e2e_report_in_compare(tmp_path, capsys):
     assert {"reference_text", "candidate_text", "wer", "defaults", "free", "teacher"} <= set(e2e)
     assert e2e["wer"] == 0.0 and e2e["truth"]["wer_candidate"] < 0.25
     free = e2e["free"]
-    assert free["floor_encoder"] == "openai-whisper encoder, float32 on cpu, TF32 off"
+    assert free["floor_encoder"] == "openai-whisper float32 on cpu, IEEE float32 (TF32 off)"
     for decoding in ("greedy", "defaults"):
         for side in ("reference", "candidate", "floor"):
             row = free[decoding][side]

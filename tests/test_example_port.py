@@ -89,6 +89,7 @@ def test_conv_average_bug_is_named_at_conv1(tiny, speech_mel, hackathon, refs):
     assert [n for n, r in local.items() if r > 10] == ["encoder.conv1"], local
 
 
+@pytest.mark.slow
 def test_bfloat16_port_is_within_its_floor_and_the_conv_bug_is_named_at_conv1(tiny, speech_mel, hackathon, refs):
     config = CandidateConfig(dtype="bfloat16", probe_effect=False)  # one graph: the bfloat16 patch graph
     port = hackathon.build(tiny, config)

@@ -56,6 +56,7 @@ def test_clean_port_all_taps_isolated_and_end_to_end(tmp_path, capsys):
     assert e2e["identical"] and e2e["reference_text"], (e2e["reference_text"], e2e["candidate_text"])
 
 
+@pytest.mark.slow
 def test_conv_average_bug_is_localized_at_conv1(tmp_path):
     code, doc = _run(tmp_path / "out", "build_conv_average", "--layer", "all", "--isolate")
     assert code == 1

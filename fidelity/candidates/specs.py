@@ -50,6 +50,7 @@ class Provider:
     precisions: tuple[str, ...]
     build: Callable[..., Candidate]             # (checkpoint, config) or (checkpoint, config, argument)
     arguments: Callable[[], list[str]] | None = None  # the valid arguments, for a "name:" provider
+    argument_name: str = "argument"             # what the argument is called ("fault")
 
 
 _REGISTRY: dict[str, Provider] = {}
@@ -84,8 +85,8 @@ def parse(text: str | None) -> Spec:
         if provider.arguments is not None:
             known = provider.arguments()
             if argument not in known:
-                raise FidelityError(f"--candidate {text}: unknown {name} argument {argument!r}; known: "
-                                    f"{', '.join(known)}")
+                raise FidelityError(f"--candidate {text}: unknown {provider.argument_name} {argument!r}; "
+                                    f"known {provider.argument_name}s: {', '.join(known)}")
         return Spec(text, provider, argument or None)
     return Spec(text, builder=_load_builder(text))
 
@@ -125,8 +126,15 @@ def build(spec: Spec | str | None, checkpoint: Checkpoint, config: CandidateConf
 
 def known() -> list[str]:
     """One line per named candidate, for --help texts and errors."""
-    return [f"{p.name}{'FAULT' if p.arguments else ''}: {p.summary}"
-            for p in (_provider(key) for key in _PROVIDER_MODULES)]
+    lines = []
+    for key in _PROVIDER_MODULES:
+        try:
+            p = _provider(key)
+        except ImportError as exc:  # e.g. no ctranslate2 on this machine: say so, do not fail --help
+            lines.append(f"{key}: not available here ({exc})")
+            continue
+        lines.append(f"{p.name}{p.argument_name.upper() if p.arguments else ''}: {p.summary}")
+    return lines
 
 
 def _provider(key: str) -> Provider:

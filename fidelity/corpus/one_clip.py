@@ -22,13 +22,10 @@ from ..errors import FidelityError
 from ..flow.examination import Examination
 from ..flow.examine import Examiner
 from ..flow.request import Request
+from ..taps import stage_outputs
 from .configs import Configuration
 
 log = logging.getLogger(__name__)
-
-# The stage-boundary taps a row records (every stage output); a port's own front end adds frontend.mel.
-STAGE_OUTPUTS = "blocks.*.resid_mid,blocks.*.resid_post,ln_post"
-
 
 @dataclass(frozen=True)
 class ClipInput:
@@ -67,8 +64,11 @@ class ClipComparer:
             self._checkpoints[config.model] = checkpoints.load_checkpoint(config.model)
         timings = {"checkpoint_s": time.perf_counter() - start}
         start = time.perf_counter()
-        request = Request(model=self._checkpoints[config.model], audio=None, candidate=config.candidate,
-                          taps=STAGE_OUTPUTS, device=config.device, dtype=config.dtype, isolate=config.isolate,
+        checkpoint = self._checkpoints[config.model]
+        # a row records every stage output (a port's own front end adds frontend.mel)
+        request = Request(model=checkpoint, audio=None, candidate=config.candidate,
+                          taps=",".join(stage_outputs(checkpoint.dims)), device=config.device, dtype=config.dtype,
+                          isolate=config.isolate,
                           probe_effect=False, e2e=config.e2e, band_draws=0)  # a row has no band columns
         examiner = Examiner(request)
         timings["examiner_s"] = time.perf_counter() - start

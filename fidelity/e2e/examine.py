@@ -72,6 +72,9 @@ def examine_transcripts(checkpoint: Checkpoint, samples: np.ndarray, candidate: 
     words differ from the reference's); `model`: openai-whisper already on the candidate's device
     (default: built from `checkpoint`). A clip with no speech is refused before the candidate runs.
     """
+    if len(samples) == 0 or float(np.max(np.abs(samples))) < audio.SILENCE_PEAK:
+        raise FidelityError(f"--e2e: the audio is silent (peak amplitude below {audio.SILENCE_PEAK:g}): "
+                            "no speech to transcribe")
     model = model or checkpoint.whisper_model().to(torch_device(candidate.device))
     encode = memoized(_guarded(candidate))
     log.info("transcribing %.1f s with openai-whisper's encoder", len(samples) / whisper.audio.SAMPLE_RATE)

@@ -169,4 +169,4 @@ def _build(checkpoint, config: CandidateConfig, name: str) -> BuiltinCandidate:
 
 
 register(Provider("max:", "the built-in MAX encoder with a catalogued porting bug", ("float32", "bfloat16", "float16"),
-                  _build, arguments=lambda: list(FAULTS)))
+                  _build, arguments=lambda: list(FAULTS), argument_name="fault"))

@@ -56,10 +56,10 @@ def check_options(config: CandidateConfig, options: MaxOptions) -> None:
         if config.dtype not in FLASH_DTYPES:
             raise FidelityError(f"flash attention compiles in {', '.join(FLASH_DTYPES)} only with MAX 26.7 "
                                 f"(float16: modular/modular#6887); use --attention matmul for {config.dtype}")
-        if config.device != "gpu":
-            raise FidelityError("flash attention runs on the GPU only (--device gpu)")
         if options.attention_weights:
             raise FidelityError("flash attention never forms the attention weights: select other taps")
+        if config.device != "gpu":
+            raise FidelityError("flash attention runs on the GPU only (--device gpu)")
 
 
 def stage_input_type(dims: ModelDimensions, kind: str, device: str) -> TensorType:
