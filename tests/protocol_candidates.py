@@ -84,8 +84,8 @@ class WhisperFrontEnd(ZeroPaddedFrontEnd):
 
 
 class _TF32Operands(TorchFunctionMode):
-    """Rounds the float32 operands of linear layers and matmuls to TF32's 10-bit mantissa, half to even
-    (frexp: an implementation of its own, not the workbench's bit arithmetic)."""
+    """Cuts the float32 operands of linear layers and matmuls to TF32's 10-bit mantissa, toward zero, as MAX's
+    GPU kernels do (frexp: an implementation of its own, not the workbench's bit arithmetic)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in (F.linear, torch.Tensor.matmul, torch.matmul):  # `a @ b` reaches a mode as Tensor.matmul
@@ -97,7 +97,7 @@ def _tf32(x):
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
         return x
     mantissa, exponent = torch.frexp(x)  # x = mantissa * 2**exponent, |mantissa| in [0.5, 1)
-    return torch.ldexp(torch.round(mantissa * 2048) / 2048, exponent)
+    return torch.ldexp(torch.trunc(mantissa * 2048) / 2048, exponent)
 
 
 class TF32Matmuls(OpenAIWhisperCandidate):

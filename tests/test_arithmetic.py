@@ -1,8 +1,8 @@
 """Arithmetic modes: a float32 port whose matmuls run TF32-class is named so and judged against a TF32 floor.
 
 On a GPU MAX's float32 matmuls run TF32-class; CI has no GPU, so the candidate here is openai-whisper's
-encoder with every matmul's operands rounded to TF32's 10-bit mantissa by an implementation of its own
-(tests/protocol_candidates.py), and the workbench's TF32 floor is its emulation on the CPU
+encoder with every matmul's operands cut to TF32's 10-bit mantissa (toward zero, as MAX's are on an H200) by an
+implementation of its own (tests/protocol_candidates.py), and the workbench's TF32 floor is its emulation
 (`--tf32-floor on`). A narrow random-weight model that reads real 30 s windows (1500 frames, width 64,
 2 blocks) on the shipped clip; torch only, no MAX graph.
 """
@@ -19,7 +19,7 @@ import torch
 from whisper.model import ModelDimensions
 
 from fidelity.checkpoints import random_checkpoint, save_checkpoint
-from fidelity.reference.arithmetic import EmulatedTF32, round_to_tf32
+from fidelity.reference.arithmetic import EmulatedTF32, round_to_tf32, truncate_to_tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "tests/protocol_candidates.py"
@@ -55,10 +55,21 @@ def test_rounding_is_tf32s():
     assert torch.all((round_to_tf32(values) - values).abs() <= values.abs() * 2 ** -11)
 
 
-def test_emulation_rounds_matmul_operands_and_leaves_convolutions_ieee():
+def test_truncation_drops_the_low_13_bits():
+    x = torch.tensor([1.0, 1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -11, -(1 + 2 ** -11), 3.14159265, float("inf")])
+    assert truncate_to_tf32(x).tolist() == [1.0, 1.0, 1 + 2 ** -10, -1.0, 3.140625, float("inf")]
+    values = torch.randn(10000) * 100
+    cut = truncate_to_tf32(values)
+    assert torch.all(cut.abs() <= values.abs()) and torch.all((values - cut).abs() < values.abs() * 2 ** -10)
+
+
+def test_emulation_cuts_matmul_operands_and_leaves_convolutions_ieee():
     x, w = torch.randn(4, 16), torch.randn(8, 16)
+    nearest, truncated = round_to_tf32(x) @ round_to_tf32(w).T, truncate_to_tf32(x) @ truncate_to_tf32(w).T
+    with EmulatedTF32(nearest=True):
+        assert torch.equal(torch.nn.functional.linear(x, w), nearest)
     with EmulatedTF32():
-        assert torch.equal(torch.nn.functional.linear(x, w), round_to_tf32(x) @ round_to_tf32(w).T)
+        assert torch.equal(torch.nn.functional.linear(x, w), truncated)
         kernel = torch.randn(2, 4, 3)
         assert torch.equal(torch.nn.functional.conv1d(x[None], kernel), torch.nn.functional.conv1d(x[None], kernel))
     assert not torch.equal(x @ w.T, round_to_tf32(x) @ round_to_tf32(w).T)

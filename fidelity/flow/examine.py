@@ -35,6 +35,8 @@ from .walk import Comparison, Plan, TapObserver, call_candidate, compare_candida
 
 log = logging.getLogger(__name__)
 
+SHARED_REFERENCE_BYTES = 1 << 30  # reference runs kept when examiners share their floors (a bench's configurations)
+
 # Observing moves a port's output; at this fraction of the floor's own error or more it is material.
 MATERIAL_PROBE_EFFECT = 0.25
 
@@ -51,7 +53,7 @@ class Examiner:
     `references` may be shared between examiners of one checkpoint (the fault catalogue
     compares many candidates against one set of reference runs)."""
 
-    def __init__(self, request: Request, references: References | None = None):
+    def __init__(self, request: Request, references: References | dict | None = None):
         self.request = request
         self.checkpoint = (request.model if isinstance(request.model, checkpoints.Checkpoint)
                            else checkpoints.load_checkpoint(request.model))
@@ -74,10 +76,21 @@ class Examiner:
         front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
         self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency,
                          request.strict_fp32)
-        self.references = references or References(
-            self.checkpoint, self.candidate.floor_dtype, request.device, tf32_reference=request.tf32_reference,
-            tf32_floor=self._tf32_floor(), tf32_convolutions=self.candidate.convolutions_as_matmuls)
+        self.references = references if isinstance(references, References) else self._references(references)
         self._whisper = None
+
+    def _references(self, shared: dict | None) -> References:
+        """The floors this candidate is judged against; with `shared` (a dict kept by the caller), one set per
+        kind of floor, reused by every examiner given the same dict."""
+        key = (self.candidate.floor_dtype, self._tf32_floor(), self.candidate.convolutions_as_matmuls)
+        if shared is not None and key in shared:
+            return shared[key]
+        made = References(self.checkpoint, key[0], self.request.device, tf32_reference=self.request.tf32_reference,
+                          tf32_floor=key[1], tf32_convolutions=key[2],
+                          cache_bytes=SHARED_REFERENCE_BYTES if shared is not None else 0)
+        if shared is not None:
+            shared[key] = made
+        return made
 
     def _tf32_floor(self) -> bool:
         """Whether to measure the TF32-matmul floor: asked for, or by default for float32 on a GPU."""
@@ -129,6 +142,11 @@ class Examiner:
                        self.candidate.describe(), self.fault, self.references.describe(), versions(),
                        reference_platform())
 
+    def _judged_in_tf32(self, comparison: Comparison) -> bool:
+        """Whether the port is judged in TF32 arithmetic: a TF32 floor ran, some span runs TF32, IEEE not demanded."""
+        return TF32_FLOOR in self.references.runners and not self.request.strict_fp32 and any(
+            row.arithmetic == TF32 for row in comparison.rows)
+
     def _probe_effect(self, mel: np.ndarray, comparison: Comparison) -> ProbeEffect | None:
         """The port's output with probes off against every probe an output, worst over the windows, judged
         against the floor's own error at the encoder output."""
@@ -138,16 +156,16 @@ class Examiner:
             return None
         post = next((r for r in comparison.rows if r.name == tapmod.ENCODER_OUTPUT), None)
         floor = math.nan
-        if post is not None:  # the floor of the arithmetic the output runs in (TF32 where its spans are)
-            floor = post.tf32.floor if post.arithmetic == TF32 and post.tf32 else post.stats.noise_floor
+        if post is not None:  # the floor of the arithmetic the port runs in (TF32 where any span of it is)
+            floor = post.tf32.floor if self._judged_in_tf32(comparison) and post.tf32 else post.stats.noise_floor
         worst = max(effects, key=lambda e: e.rmse)
         material = not math.isfinite(floor) or worst.rmse >= MATERIAL_PROBE_EFFECT * floor
         effect = ProbeEffect(tapmod.ENCODER_OUTPUT, max(e.max_abs for e in effects), max(e.rel_l2 for e in effects),
                              worst.rmse, floor, material)
         if material:
-            log.warning("observing moves %s by %.2gx the floor's own error (rms %.3g): the taps are of the probed "
-                        "graph, which computes differently from the port as it runs unprobed", effect.tap,
-                        effect.floor_fraction, effect.rmse)
+            log.warning("observing moves %s by rms %.3g, %.2gx the floor's own error there (rms %.3g): the taps are "
+                        "of the probed graph, which computes differently from the port as it runs unprobed",
+                        effect.tap, effect.rmse, effect.floor_fraction, effect.floor_rmse)
         return effect
 
     def _end_to_end(self, clip: audio.Clip, truth: str | None, comparison: Comparison) -> E2EResult:
@@ -155,9 +173,7 @@ class Examiner:
         candidate, request = self.candidate, self.request
         if self._whisper is None:
             self._whisper = self.checkpoint.whisper_model().to(torch_device(candidate.device))
-        tf32 = TF32_FLOOR in self.references.runners and not request.strict_fp32 and any(
-            row.arithmetic == TF32 for row in comparison.rows)
-        side = TF32_FLOOR if tf32 else FLOOR
+        side = TF32_FLOOR if self._judged_in_tf32(comparison) else FLOOR
         floor = FloorEncoder(self.references.runners[side].encode, self.references.describe()[side])
         return examine_transcripts(self.checkpoint, clip.samples, candidate, truth=truth, floor=floor,
                                    sensitivity=self.sensitivity, levels=request.noise_levels,

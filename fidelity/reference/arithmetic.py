@@ -1,21 +1,26 @@
 """The arithmetic openai-whisper's float32 floor runs in: IEEE float32, or TF32-class matmuls.
 
-MAX runs float32 matmuls on a GPU at TF32-class precision (inputs rounded to TF32's
-10-bit mantissa, float32 accumulation), while its layer norms, GELU and softmax stay
-IEEE float32. A port judged against an IEEE float32 floor there reads hundreds of
-floors away in every matmul span although nothing is wrong with it: it needs a floor
-in the arithmetic it actually uses. So the float32 floor runs in one of two modes:
+MAX runs float32 matmuls on a GPU at TF32-class precision (inputs cut to TF32's 10-bit
+mantissa, float32 accumulation), while its layer norms, GELU and softmax stay IEEE
+float32. A port judged against an IEEE float32 floor there reads hundreds of floors away
+in every matmul span although nothing is wrong with it: it needs a floor in the
+arithmetic it actually uses. So the float32 floor runs in one of two modes:
 
   IEEE   every op in IEEE float32 (TF32 off)
-  TF32   matmuls (linear layers, attention scores and weighted sums) with TF32 inputs; the
+  TF32   matmuls (linear layers, attention scores and weighted sums) with TF32 operands; the
          convolutions too only when the candidate computes its convolutions as matmuls
          (`Candidate.convolutions_as_matmuls`); everything else IEEE float32
 
-On a CUDA device torch's own TF32 switches do it (`torch.backends.cuda.matmul.allow_tf32`
-for matmuls, `torch.backends.cudnn.allow_tf32` for convolutions, separately). On the CPU,
-where torch has no TF32, the same rounding is emulated: each matmul's float32 inputs are
-rounded to 10 mantissa bits (to nearest, ties away from zero, as the GPU's conversion
-`cvt.rna.tf32.f32` does) before an IEEE float32 matmul.
+GPUs cut float32 to TF32 in two ways: to nearest (`cvt.rna.tf32.f32`, what torch's
+cuBLAS TF32 does) or by dropping the low 13 bits (truncation, what a tensor core does
+with raw float32 bits). MAX on an H200 truncates: its example-port query projection
+read rel_l2 3.27e-4 and std ratio 0.999754 against float64 (2026-12-03), which is
+openai-whisper's with truncated operands to three digits (3.26e-4, 0.999754), where
+rounding to nearest gives 1.48e-4 and 0.9999997: truncation's error is about twice
+as large and shrinks every product. The TF32 floor therefore truncates, on every device
+(an emulation: each matmul's float32 operands cut to 10 mantissa bits before an IEEE
+float32 matmul). It is the wider of the two: a port rounding to nearest reads about half
+of it.
 """
 
 from __future__ import annotations
@@ -49,28 +54,40 @@ def round_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(tensor), rounded, tensor)
 
 
-class EmulatedTF32(TorchFunctionMode):
-    """Rounds the float32 operands of every matmul (and, with `convolutions`, every convolution) to TF32."""
+def truncate_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor cut to TF32's 10-bit mantissa (the low 13 bits dropped: toward zero); others unchanged."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        return tensor
+    return (tensor.contiguous().view(torch.int32) & _KEEP).view(torch.float32)
 
-    def __init__(self, convolutions: bool = False):
+
+class EmulatedTF32(TorchFunctionMode):
+    """Cuts the float32 operands of every matmul (and, with `convolutions`, every convolution) to TF32:
+    truncated (the floor's default, as MAX's GPU kernels do) or, with `nearest`, rounded to nearest."""
+
+    def __init__(self, convolutions: bool = False, nearest: bool = False):
         super().__init__()
         self.rounded = {**_MATMULS, **(_CONVOLUTIONS if convolutions else {})}
+        self.cut = round_to_tf32 if nearest else truncate_to_tf32
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         positions = self.rounded.get(func)
         if positions is not None:
-            args = tuple(round_to_tf32(a) if i in positions else a for i, a in enumerate(args))
+            args = tuple(self.cut(a) if i in positions else a for i, a in enumerate(args))
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
 def arithmetic(mode: str, device: torch.device, convolutions: bool = False):
-    """Run the block in `mode` (IEEE or TF32) on `device`; `convolutions`: TF32 convolutions too."""
+    """Run the block in `mode` (IEEE or TF32) on `device`; `convolutions`: TF32 convolutions too.
+
+    TF32 is emulated on every device (truncated operands, IEEE float32 products and sums), with
+    torch's own TF32 switches off so that nothing is cut twice."""
+    del device  # the same emulation on every device
     if mode not in ARITHMETICS:
         raise ValueError(mode)
-    tf32 = mode == TF32
-    with tf32_switches(tf32, tf32 and convolutions):
-        if tf32 and device.type != "cuda":
+    with tf32_switches(False, False):
+        if mode == TF32:
             with EmulatedTF32(convolutions):
                 yield
         else:
@@ -96,8 +113,8 @@ def ieee_float32():
 
 def describe(mode: str, device: str, convolutions: bool) -> str:
     """How a floor in `mode` was computed, in words (for reports)."""
+    del device
     if mode == IEEE:
         return "IEEE float32 (TF32 off)"
     what = "matmuls and convolutions" if convolutions else "matmuls (convolutions IEEE)"
-    how = "torch's TF32 switches" if device == "gpu" else "emulated: operands rounded to 10 mantissa bits"
-    return f"TF32 {what}, {how}"
+    return f"TF32 {what}: operands truncated to 10 mantissa bits, as MAX's GPU kernels do"

@@ -29,7 +29,6 @@ from ..flow.examine import Examiner
 from ..flow.request import Request
 from ..flow.walk import call_candidate
 from ..provenance import machine, versions
-from ..reference.references import References
 from ..reference.runner import TorchRunner
 from .configurations import Configuration, build_configurations
 from .flops import Peak, dense_peak, encoder_flops
@@ -38,7 +37,6 @@ from .timing import Sync, check_counts, median_ms, synchronizer
 
 log = logging.getLogger(__name__)
 
-REFERENCE_CACHE_BYTES = 1 << 30  # reference runs kept for the configurations that share a floor precision
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def measure(plan: BenchPlan) -> dict:
         flops = encoder_flops(checkpoint.dims)
         peaks = {dtype: dense_peak(dtype, plan.device, sync) for dtype in dict.fromkeys(c.dtype for c in configs)}
         fixed = tuple(b for b in dict.fromkeys(c.candidate.fixed_batch for c in configs) if b)
-        references: dict[str, References] = {}
+        references: dict = {}  # floors shared across configurations (fidelity.flow.examine.Examiner)
         rows = []
         for config in configs:
             fidelity = _fidelity(_examine(config, checkpoint, clip, references, plan))
@@ -122,17 +120,15 @@ def _batches(config: Configuration, asked: tuple[int, ...], fixed: tuple[int, ..
     return list(dict.fromkeys(asked + fixed)) if config.reference else list(asked)
 
 
-def _examine(config: Configuration, checkpoint: Checkpoint, clip: audio.Clip, references: dict[str, References],
+def _examine(config: Configuration, checkpoint: Checkpoint, clip: audio.Clip, references: dict,
              plan: BenchPlan) -> Examination:
-    """The configuration examined on the clip, every tap it offers, against references shared by precision."""
-    floor = config.candidate.floor_dtype
-    if floor not in references:
-        references[floor] = References(checkpoint, floor, plan.device, cache_bytes=REFERENCE_CACHE_BYTES)
+    """The configuration examined on the clip, every tap it offers, against floors shared by every configuration
+    judged in the same precision and arithmetic (`Examiner` keeps them in `references`)."""
     request = Request(model=checkpoint, audio=clip, candidate=config.candidate, device=plan.device,
                       dtype=config.dtype, attention=config.attention or "matmul", e2e=plan.e2e, truth=plan.truth,
                       command=plan.command)
     log.info("examining %s", config.label)
-    return Examiner(request, references[floor]).examine()
+    return Examiner(request, references).examine()
 
 
 def _fidelity(examination: Examination) -> dict:
@@ -146,11 +142,12 @@ def _fidelity(examination: Examination) -> dict:
         out["probe_effect_floor_fraction"] = examination.probe_effect.floor_fraction
         out["probe_effect_material"] = examination.probe_effect.material
     if examination.e2e is not None:
-        teacher = examination.e2e["teacher"]
+        e2e = examination.e2e.as_dict()
+        teacher = e2e["teacher"]
         out.update({"kl_ratio": teacher["kl_ratio"], "kl_budget": teacher["budget"],
-                    "kl_verdict": teacher["verdict"], "wer": examination.e2e["wer"]})
-        if "truth" in examination.e2e:
-            out["wer_truth"] = examination.e2e["truth"]["wer_candidate"]
+                    "kl_verdict": teacher["verdict"], "wer": e2e["wer"]})
+        if "truth" in e2e:
+            out["wer_truth"] = e2e["truth"]["wer_candidate"]
     return out
 
 

@@ -43,6 +43,11 @@ class TorchEncoder(_EncoderOnly):
         self.module = (torch.compile(runner.encoder, mode="reduce-overhead" if device == "gpu" else "default")
                        if compiled else runner.encoder)
 
+    @property
+    def convolutions_as_matmuls(self) -> bool:
+        """On a GPU torch's default runs cuDNN convolutions in TF32 (`torch.backends.cudnn.allow_tf32`)."""
+        return self.device == "gpu" and torch.backends.cudnn.allow_tf32
+
     def encode(self, mel: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.module(self._input(mel)).float().cpu().numpy()
