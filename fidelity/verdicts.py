@@ -85,6 +85,14 @@ def judge_arithmetic(stats: TapStats, tf32: FloorRatio | None, budget: float, st
     return verdict, None
 
 
+def arithmetic_mode(rows, strict: bool) -> str | None:
+    """The arithmetic a float32 candidate is judged in: TF32 when some span runs TF32-class and IEEE is not
+    demanded, IEEE when spans were measured against both floors otherwise; None when no TF32 floor ran."""
+    if not any(r.tf32 is not None or r.local_tf32 is not None for r in rows):
+        return None
+    return TF32 if not strict and any(r.arithmetic == TF32 for r in rows) else IEEE
+
+
 def arithmetic_summary(rows: list[TapResult], local: bool) -> dict | None:
     """Which spans run in which float32 arithmetic, and how far each is from its floors (None: not measured)."""
     measured = [r for r in rows if (r.local_tf32 if local else r.tf32) is not None]

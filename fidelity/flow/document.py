@@ -6,7 +6,7 @@ import datetime
 import math
 from typing import TYPE_CHECKING
 
-from ..verdicts import arithmetic_summary
+from ..verdicts import arithmetic_mode, arithmetic_summary
 
 if TYPE_CHECKING:
     from .examination import Examination
@@ -49,7 +49,7 @@ def report_document(examination: Examination) -> dict:
     spans = arithmetic_summary(list(e.rows), e.comparison.isolated)
     if spans is not None:
         doc["arithmetic"] = {"spans": spans, "strict_fp32": request.strict_fp32,
-                             "mode": "tf32" if "tf32" in spans and not request.strict_fp32 else "ieee"}
+                             "mode": arithmetic_mode(e.rows, request.strict_fp32)}
     if e.e2e is not None:
         doc["e2e"] = e.e2e.as_dict()
     return doc

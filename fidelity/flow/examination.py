@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass, field
 
 from ..e2e import E2EResult
-from ..verdicts import TapResult
+from ..verdicts import TapResult, arithmetic_mode
 from .document import report_document
 from .request import Request
 from .walk import Comparison
@@ -65,6 +65,11 @@ class Examination:
     @property
     def first_divergence(self) -> str | None:
         return self.comparison.first_divergence
+
+    @property
+    def arithmetic(self) -> str | None:
+        """The float32 arithmetic the candidate is judged in (`verdicts.arithmetic_mode`): tf32, ieee or None."""
+        return arithmetic_mode(self.rows, self.request.strict_fp32)
 
     @property
     def failed(self) -> bool:

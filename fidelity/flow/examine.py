@@ -28,7 +28,7 @@ from ..e2e import E2EResult, FloorEncoder, examine_transcripts
 from ..errors import FidelityError
 from ..provenance import reference_platform, versions
 from ..reference.references import FLOOR, TF32_FLOOR, References
-from ..verdicts import TF32
+from ..verdicts import TF32, arithmetic_mode
 from .examination import Examination, ProbeEffect, Setting
 from .request import Request
 from .walk import Comparison, Plan, TapObserver, call_candidate, compare_candidate
@@ -144,8 +144,8 @@ class Examiner:
 
     def _judged_in_tf32(self, comparison: Comparison) -> bool:
         """Whether the port is judged in TF32 arithmetic: a TF32 floor ran, some span runs TF32, IEEE not demanded."""
-        return TF32_FLOOR in self.references.runners and not self.request.strict_fp32 and any(
-            row.arithmetic == TF32 for row in comparison.rows)
+        return TF32_FLOOR in self.references.runners and \
+            arithmetic_mode(comparison.rows, self.request.strict_fp32) == TF32
 
     def _probe_effect(self, mel: np.ndarray, comparison: Comparison) -> ProbeEffect | None:
         """The port's output with probes off against every probe an output, worst over the windows, judged

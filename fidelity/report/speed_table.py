@@ -8,7 +8,7 @@ from .table import _num, aligned
 def verdict(fidelity: dict) -> str:
     """A configuration's fidelity in a word or three: ok, or OVER BUDGET and where."""
     if not fidelity["over_budget"]:
-        return "ok"
+        return "ok, TF32 matmuls" if fidelity.get("arithmetic") == "tf32" else "ok"
     where = fidelity["first_divergence"] or f"transcripts ({fidelity.get('kl_verdict')})"
     return f"OVER BUDGET at {where}"
 
@@ -45,7 +45,8 @@ def notes(doc: dict) -> list[str]:
     dims, flops = doc["dims"], doc["flops_per_window"]
     timing = doc["timing"]
     lines = ["* fast and faithful: no configuration within budget is both faster and closer to float64 "
-             "(ln_post/floor: the encoder output's error in units of openai-whisper's own in that precision)",
+             "(ln_post/floor: the encoder output's error in units of openai-whisper's own in that precision, and in "
+             "float32 on a GPU in the arithmetic it runs: 'TF32 matmuls' against the TF32 floor)",
              f"{doc['model']}: {flops['total'] / 1e9:.1f} GFLOP per 30 s window ({dims['n_audio_layer']} layers, "
              f"width {dims['n_audio_state']}, {dims['n_audio_ctx']} frames); {timing['what']}, "
              f"{timing['repeats']} runs after {timing['warmup']} warm-up",

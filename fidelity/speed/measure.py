@@ -30,6 +30,7 @@ from ..flow.request import Request
 from ..flow.walk import call_candidate
 from ..provenance import machine, versions
 from ..reference.runner import TorchRunner
+from ..verdicts import TF32
 from .configurations import Configuration, build_configurations
 from .flops import Peak, dense_peak, encoder_flops
 from .frontier import frontier
@@ -134,7 +135,10 @@ def _examine(config: Configuration, checkpoint: Checkpoint, clip: audio.Clip, re
 def _fidelity(examination: Examination) -> dict:
     """What the speed table shows of an examination: the encoder output against its floor, the verdict."""
     post = examination.row(ENCODER_OUTPUT)
-    out = {"ln_post_floor_ratio": _finite(post.stats.noise_floor_ratio), "ln_post_rel_l2": _finite(post.stats.rel_l2),
+    tf32 = examination.arithmetic == TF32 and post.tf32 is not None  # judged against the TF32 floor
+    ratio = post.tf32.ratio if tf32 else post.stats.noise_floor_ratio
+    out = {"ln_post_floor_ratio": _finite(ratio), "arithmetic": examination.arithmetic,
+           "ln_post_rel_l2": _finite(post.stats.rel_l2),
            "ln_post_verdict": post.verdict, "budget": post.budget,
            "floor_dtype": examination.setting.candidate["floor_dtype"], "taps": len(examination.rows),
            "first_divergence": examination.first_divergence, "over_budget": examination.failed}
