@@ -91,3 +91,30 @@ def test_which_faults_take_a_family_graph():
     assert all(uses_family(numerics[name], "attn") for name in ATTN_FAULTS + ("key_bias", "ln_float16"))
     assert not uses_family(dataclasses.replace(numerics["key_bias"], attention="flash"), "attn")
     assert not any(uses_family(Numerics(), kind) for kind in STAGE_KINDS)  # the clean candidate: its own graphs
+
+
+def _whisper_encoder(checkpoint, mel: np.ndarray, fault: str | None, monkeypatch) -> np.ndarray:
+    """openai-whisper's encoder (float32) with `fault`'s change made in torch."""
+    encoder = checkpoint.whisper_model().encoder
+    with monkeypatch.context() as patch:
+        if fault == "gelu_tanh":  # the stem's F.gelu and the MLP's nn.GELU both call torch.nn.functional.gelu
+            gelu = torch.nn.functional.gelu
+            patch.setattr(torch.nn.functional, "gelu", lambda t, approximate="none": gelu(t, approximate="tanh"))
+        elif fault == "conv1_padding_shift":  # two frames of zeros before, none after
+            encoder.conv1.padding = (0,)
+            encoder.conv1.register_forward_pre_hook(lambda _, args: (torch.nn.functional.pad(args[0], (2, 0)),))
+        with torch.no_grad():
+            return encoder(torch.from_numpy(mel)).numpy()
+
+
+def test_conv_stem_faults_share_one_graph_and_compute_their_own_variants(small, small_mel, monkeypatch):
+    clean = _whisper_encoder(small, small_mel, None, monkeypatch)
+    outputs, graphs = {}, set()
+    for name in ("gelu_tanh", "conv1_padding_shift"):
+        candidate = faulty_candidate(small, FAULTS[name])
+        graphs.add(id(candidate.compiled["conv_stem"].compiled))
+        outputs[name] = candidate.encode(small_mel)
+        expected = _whisper_encoder(small, small_mel, name, monkeypatch)
+        assert _rel(outputs[name], expected) < 1e-5, name
+        assert _rel(expected, clean) > 1e-4, name
+    assert len(graphs) == 1 and _rel(outputs["gelu_tanh"], outputs["conv1_padding_shift"]) > 1e-4
