@@ -1,7 +1,9 @@
 """The fault catalogue: real porting bugs injected into the built-in MAX candidate, and its proof.
 
-Each fault is either a change of the candidate's numerics (`Numerics`: a different
-graph, compiled once and cached) or a change of the weights it is given (no
+Each fault is either a change of the candidate's numerics (`Numerics`), run on the
+stage kinds' fault-family graphs, one per kind shared by every numerics fault with the
+choice a runtime input (`candidates.max_builtin.family`; conv2's stride changes the
+stem's shape and keeps a graph of its own), or a change of the weights it is given (no
 recompile). Where a weight change reproduces a bug exactly (x + 0 is x, a
 kernel-averaged filter applied at the centre frame is the averaging convolution),
 the catalogue uses it. Block-specific faults pick their block from the model's depth.

@@ -2,6 +2,7 @@
 
   graph_ops.py    the encoder written with `max.graph.ops`, one function per stage (`Numerics`)
   stage_graphs.py one compiled graph per stage kind; `MaxOptions`
+  family.py       fault-family graphs: a stage kind's numerics faults as runtime inputs of one graph
   weights.py      the checkpoint's weights, bound strictly to a graph's device
   whole_graph.py  the whole encoder as one graph (transcription, benchmarks, fused capture)
   candidate.py    `BuiltinCandidate`: weights bound to the stage graphs, the `Candidate` protocol

@@ -53,6 +53,11 @@ class BuiltinCandidate(Candidate):
         first = {s.kind: s for s in reversed(self.stages)}
         self.compiled = {kind: CompiledStage(self.dims, first[kind], self.config, self.options)
                          for kind in STAGE_KINDS}
+        if self.compiled["attn"].knobs is not None:  # a family graph adds a key bias: openai-whisper's is zero
+            zero = np.zeros(self.dims.n_audio_state, np.float32)
+            for stage in self.stages:
+                if stage.kind == "attn":
+                    weights.setdefault(f"{stage.prefix}attn.key.bias", zero)
         self.models = {}
         used: set[str] = set()
         for stage in self.stages:

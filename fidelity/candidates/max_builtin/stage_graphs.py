@@ -3,7 +3,9 @@
 Four stage kinds (conv stem, attention sub-block, MLP sub-block, ln_post) are each
 compiled once and initialised once per block with that block's weights, so the
 compile count does not grow with the number of layers. Every tap of a stage is a
-graph output, emitted under its stage-relative name from `fidelity.taps`.
+graph output, emitted under its stage-relative name from `fidelity.taps`. A stage
+kind whose numerics a fault changes at runtime runs on its fault-family graph
+(`family`), shared by every such fault.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from ...devices import check_device
 from ...errors import FidelityError
 from ...taps import Stage
 from ..base import CandidateConfig
-from ..max_engine import compile_graph, device_ref, session_for
+from ..max_engine import compile_graph, device_ref, session_for, to_device
+from .family import N_KNOBS, FamilyBuilder, knobs, uses_family
 from .graph_ops import DTYPES, FLASH_DTYPES, Numerics, StageBuilder
 
 STAGE_KINDS = ("conv_stem", "attn", "mlp", "ln_post")
@@ -74,7 +77,9 @@ def build_stage_graph(dims: ModelDimensions, stage: Stage, config: CandidateConf
                       options: MaxOptions) -> tuple[Graph, list[str], list[str]]:
     """A graph for `stage`'s kind: (graph, emitted stage-relative tap names, weight names).
 
-    Emitted names are checked against the stage's taps (`fidelity.taps`)."""
+    Emitted names are checked against the stage's taps (`fidelity.taps`). Where the numerics
+    call for it (`family.uses_family`) it is the kind's family graph, whose second input is
+    the knob vector (`family.knobs`)."""
     emitted: list[str] = []
     outputs = []
 
@@ -86,9 +91,15 @@ def build_stage_graph(dims: ModelDimensions, stage: Stage, config: CandidateConf
         outputs.append(value.cast(DType.float32))
 
     kind = stage.kind
-    name = f"whisper_{kind}_{config.device}_{config.dtype}"
-    with Graph(name, input_types=[stage_input_type(dims, kind, config.device)]) as graph:
-        builder = StageBuilder(dims, config.dtype, device_ref(config.device), options.numerics)
+    family = uses_family(options.numerics, kind)
+    inputs = [stage_input_type(dims, kind, config.device)]
+    if family:
+        inputs.append(TensorType(DType.float32, [N_KNOBS], device=device_ref(config.device)))
+    name = f"whisper_{kind}{'_family' if family else ''}_{config.device}_{config.dtype}"
+    with Graph(name, input_types=inputs) as graph:
+        device = device_ref(config.device)
+        builder = (FamilyBuilder(dims, config.dtype, device, options.numerics, graph.inputs[1].tensor) if family
+                   else StageBuilder(dims, config.dtype, device, options.numerics))
         x = graph.inputs[0].tensor
         if kind == "conv_stem":
             builder.conv_stem(x, emit)
@@ -103,13 +114,28 @@ def build_stage_graph(dims: ModelDimensions, stage: Stage, config: CandidateConf
 
 
 class CompiledStage:
-    """One stage kind, compiled once; `bind` makes a runnable model per weight set."""
+    """One stage kind, compiled once; `bind` makes a runnable model per weight set.
+
+    `knobs`: the knob vector a family graph runs with (None for a stage kind's own graph)."""
 
     def __init__(self, dims: ModelDimensions, stage: Stage, config: CandidateConfig, options: MaxOptions):
         self.kind, self.config = stage.kind, config
         graph, self.local_names, self.weight_names = build_stage_graph(dims, stage, config, options)
-        self.compiled, self.compile_seconds, self.from_cache = compile_graph(graph, self.kind, config.device)
+        self.knobs = knobs(options.numerics, dims) if uses_family(options.numerics, stage.kind) else None
+        label = self.kind if self.knobs is None else f"{self.kind}-family"
+        self.compiled, self.compile_seconds, self.from_cache = compile_graph(graph, label, config.device)
 
     def bind(self, registry: dict[str, object]) -> Model:
         session, _ = session_for(self.config.device)
-        return session.init(self.compiled, weights_registry=registry)
+        model = session.init(self.compiled, weights_registry=registry)
+        return model if self.knobs is None else WithKnobs(model, to_device(self.knobs, self.config.device))
+
+
+class WithKnobs:
+    """A family graph's model that runs like a stage graph's: `execute(x)` passes the knobs as well."""
+
+    def __init__(self, model: Model, knob_input):
+        self.model, self.knob_input = model, knob_input
+
+    def execute(self, x):
+        return self.model.execute(x, self.knob_input)
