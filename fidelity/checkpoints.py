@@ -13,6 +13,7 @@ Every load checks the key set and every shape against `Whisper(dims)`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import whisper.model
 from whisper.model import ModelDimensions, Whisper
 
 from . import ctranslate2_files as ct2_files
@@ -106,6 +108,16 @@ class Checkpoint:
     alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @cached_property
+    def encoder_digest(self) -> str:
+        """sha256 of the dimensions and every encoder tensor (name, dtype, shape, bytes): what the encoder computes."""
+        digest = hashlib.sha256(json.dumps(asdict(self.dims), sort_keys=True).encode())
+        for name in sorted(k for k in self.state if k.startswith("encoder.")):
+            tensor = self.state[name].detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
+        return digest.hexdigest()
+
+    @cached_property
     def encoder_weights(self) -> dict[str, np.ndarray]:
         """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name."""
         return {
@@ -129,6 +141,23 @@ class Checkpoint:
         d = self.dims
         return (f"{self.name}: {d.n_audio_layer} layers, width {d.n_audio_state}, "
                 f"{d.n_audio_head} heads, {d.n_mels} mels, {d.n_audio_ctx} frames")
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Build openai-whisper modules on the meta device: shapes only, no memory, no random initialisation.
+
+    The sinusoidal positional embedding and the token embedding's normal initialisation run meta kernels
+    written in Python, which import torch._dynamo (about a second): here the first is an empty tensor and
+    the second is skipped; the checkpoint's values replace both."""
+    sinusoids, embedding_init = whisper.model.sinusoids, torch.nn.Embedding.reset_parameters
+    whisper.model.sinusoids = lambda length, channels, max_timescale=10000: torch.empty(length, channels)
+    torch.nn.Embedding.reset_parameters = lambda module: None
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        whisper.model.sinusoids, torch.nn.Embedding.reset_parameters = sinusoids, embedding_init
 
 
 def cache_dir() -> Path:
@@ -219,8 +248,19 @@ def _load_pt(path: Path, name: str) -> Checkpoint:
     return Checkpoint(name=name, dims=dims, state=state, path=path, alignment_heads=heads)
 
 
+def _expected_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
+    """Every weight `Whisper(dims)` has, and its shape (its two halves built on the meta device)."""
+    with on_meta():
+        halves = {"encoder": whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
+                                                         dims.n_audio_head, dims.n_audio_layer),
+                  "decoder": whisper.model.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state,
+                                                        dims.n_text_head, dims.n_text_layer)}
+    return {f"{half}.{key}": tuple(t.shape)
+            for half, module in halves.items() for key, t in module.state_dict().items()}
+
+
 def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
-    expected = {key: tuple(t.shape) for key, t in Whisper(dims).state_dict().items()}
+    expected = _expected_shapes(dims)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:

@@ -28,6 +28,7 @@ from ..e2e import E2EResult, FloorEncoder, examine_transcripts
 from ..errors import FidelityError
 from ..provenance import reference_platform, versions
 from ..reference.references import FLOOR, TF32_FLOOR, References
+from ..reference.store import ReferenceStore
 from ..verdicts import TF32
 from .examination import Examination, ProbeEffect, Setting
 from .request import Request
@@ -49,9 +50,12 @@ class Examiner:
     """What a request needs, checked and loaded once: checkpoint, taps, clip, candidate, references.
 
     `references` may be shared between examiners of one checkpoint (the fault catalogue
-    compares many candidates against one set of reference runs)."""
+    compares many candidates against one set of reference runs); `shared_references` is a pool,
+    keyed by how the references run, that examiners of one checkpoint draw from (a corpus worker's
+    configurations share one set of runners)."""
 
-    def __init__(self, request: Request, references: References | None = None):
+    def __init__(self, request: Request, references: References | None = None,
+                 shared_references: dict | None = None):
         self.request = request
         self.checkpoint = (request.model if isinstance(request.model, checkpoints.Checkpoint)
                            else checkpoints.load_checkpoint(request.model))
@@ -74,9 +78,15 @@ class Examiner:
         front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
         self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency,
                          request.strict_fp32)
-        self.references = references or References(
-            self.checkpoint, self.candidate.floor_dtype, request.device, tf32_reference=request.tf32_reference,
-            tf32_floor=self._tf32_floor(), tf32_convolutions=self.candidate.convolutions_as_matmuls)
+        how = (self.checkpoint.encoder_digest, self.candidate.floor_dtype, request.device, request.tf32_reference,
+               self._tf32_floor(), self.candidate.convolutions_as_matmuls, str(request.reference_cache))
+        pool = shared_references if shared_references is not None else {}
+        if references is None and how not in pool:
+            store = ReferenceStore(request.reference_cache) if request.reference_cache is not None else None
+            pool[how] = References(self.checkpoint, self.candidate.floor_dtype, request.device,
+                                   tf32_reference=request.tf32_reference, tf32_floor=self._tf32_floor(),
+                                   tf32_convolutions=self.candidate.convolutions_as_matmuls, store=store)
+        self.references = references or pool[how]
         self._whisper = None
 
     def _tf32_floor(self) -> bool:

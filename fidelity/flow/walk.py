@@ -215,7 +215,7 @@ class _Window:
         floor_local_x = dict.fromkeys(sides, mel)
         cand_x, cand_local_x = cand_mel, mel  # isolation: the conv stem reads openai-whisper's mel
         for stage in stages(self.refs.dims):
-            need = (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
+            need = self._need(stage)
             start = time.perf_counter()
             truth = self.refs.run_stage(TRUTH, stage, truth_x, need, (key, "chained"))
             floors = {side: self.refs.run_stage(side, stage, floor_x[side], need, (key, "chained"))
@@ -249,6 +249,10 @@ class _Window:
             self.rows = blame_bad_inputs(self.rows, {s.name: s.input for s in stages(self.refs.dims)})
         return self.rows
 
+    def _need(self, stage: Stage) -> set[str]:
+        """What each side computes at `stage`: the planned and patchable taps there, and its output."""
+        return (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
+
     def _stage(self, stage: Stage, x: np.ndarray | None, need: set[str], action: str) -> Arrays | None:
         """A stage run of a stage-running candidate; None when its chain broke before (no input)."""
         if x is None:
@@ -269,7 +273,11 @@ class _Window:
         if self.plan.isolate:
             self.timings["candidate_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            truth = self.refs.truth.run(mel, sorted(self.patchable))  # the float64 value of each patched tap
+            truth, x = {}, mel  # the float64 value of each patched tap: the stage runs the walk makes (a kept
+            for stage in stages(self.refs.dims):  # reference run is found again there)
+                run = self.refs.run_stage(TRUTH, stage, x, self._need(stage), (key, "chained"))
+                x = run[stage.output]
+                truth.update({k: v for k, v in run.items() if k in self.patchable})
             self.timings["reference_s"] += time.perf_counter() - start
             start = time.perf_counter()
             local = call_candidate(self.candidate, "run_patched", self.candidate.run_patched, mel, truth, names)

@@ -31,7 +31,7 @@ from torch import nn
 from whisper.model import AudioEncoder, LayerNorm, disable_sdpa
 
 from .. import audio
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, on_meta
 from ..devices import torch_device
 from ..errors import FidelityError
 from ..precisions import torch_dtype
@@ -66,7 +66,7 @@ class TorchRunner:
         self.dtype, self.arithmetic, self.tf32_convolutions = dtype, arithmetic, tf32_convolutions
         self.device = torch_device(device)
         d = checkpoint.dims
-        with torch.device("meta"):
+        with on_meta():
             encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         prefix = "encoder."
         state = {k[len(prefix):]: v.to(torch.float32) for k, v in checkpoint.state.items() if k.startswith(prefix)}
@@ -80,6 +80,15 @@ class TorchRunner:
         self.dims = d
         self.stages = stages(d)
         self._stem = _ConvStem(self.encoder)
+
+    def identity(self) -> dict:
+        """What this runner's numbers depend on besides the weights and the input (the reference cache's key)."""
+        if self.device.type == "cuda":
+            where = f"cuda:{torch.cuda.get_device_name(self.device)}:{torch.version.cuda}"
+        else:
+            where = f"cpu:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()} threads"
+        return {"dtype": self.dtype, "device": where, "arithmetic": self.arithmetic,
+                "tf32_convolutions": self.tf32_convolutions, "torch": torch.__version__}
 
     # -- the protocol's jobs -------------------------------------------------------
     def run(self, mel: np.ndarray, taps: Sequence[str]) -> Arrays:

@@ -1,0 +1,96 @@
+"""The reference cache: a clip's truth and floors computed once, found by content, never trusted when corrupt."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from fidelity.candidates.base import CandidateConfig
+from fidelity.checkpoints import random_checkpoint
+from fidelity.flow.walk import Plan, compare_candidate
+from fidelity.reference.references import References
+from fidelity.reference.store import SUFFIX, ReferenceStore
+from fidelity.taps import select_taps, stages
+
+from . import protocol_candidates
+
+
+def _plan(dims) -> Plan:
+    return Plan(tuple(t.name for t in select_taps(dims, "all")), isolate=True)
+
+
+def _compare(checkpoint, mel, store: ReferenceStore, tf32_floor: bool = False):
+    candidate = protocol_candidates.whole(checkpoint, CandidateConfig())
+    references = References(checkpoint, store=store, tf32_floor=tf32_floor)
+    return compare_candidate(candidate, references, mel, _plan(checkpoint.dims))
+
+
+def _stats(comparison) -> list[dict]:
+    return [row.as_dict() for row in comparison.rows]
+
+
+def test_a_second_run_reads_every_reference_from_the_cache_and_gives_identical_stats(small, small_mel, tmp_path):
+    first_store = ReferenceStore(tmp_path)
+    first = _compare(small, small_mel, first_store, tf32_floor=True)
+    entries = sorted(tmp_path.glob(f"*{SUFFIX}"))
+    assert len(entries) == first_store.misses > 0
+    # the truth run ahead of the candidate's isolated run is read again by the walk, not recomputed
+    assert first_store.hits == len(stages(small.dims))
+    second_store = ReferenceStore(tmp_path)
+    second = _compare(small, small_mel, second_store, tf32_floor=True)
+    assert second_store.misses == 0 and second_store.hits >= first_store.misses
+    assert _stats(second) == _stats(first)
+    assert sorted(tmp_path.glob(f"*{SUFFIX}")) == entries  # nothing new written
+
+
+def test_a_corrupt_entry_is_recomputed_never_trusted(small, small_mel, tmp_path):
+    clean = _compare(small, small_mel, None)
+    _compare(small, small_mel, ReferenceStore(tmp_path))
+    entries = sorted(tmp_path.glob(f"*{SUFFIX}"))
+    for i, path in enumerate(entries):  # one bit flipped in each payload; every third entry truncated
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0x10
+        path.write_bytes(data[: len(data) // 2] if i % 3 == 0 else data)
+    store = ReferenceStore(tmp_path)
+    again = _compare(small, small_mel, store)
+    assert store.misses == len(entries) and store.hits == len(stages(small.dims))  # only its own fresh runs
+    assert _stats(again) == _stats(clean)
+    store = ReferenceStore(tmp_path)  # replaced by good entries
+    _compare(small, small_mel, store)
+    assert store.misses == 0
+
+
+def test_other_weights_or_another_clip_never_hit(small, small_mel, tmp_path):
+    first = ReferenceStore(tmp_path)
+    _compare(small, small_mel, first)
+    other = random_checkpoint(small.dims, seed=1, name=small.name)  # same name and shapes, other weights
+    for checkpoint, mel in ((other, small_mel), (small, small_mel + np.float32(1e-3))):
+        store = ReferenceStore(tmp_path)
+        _compare(checkpoint, mel, store)
+        assert store.misses == first.misses  # every run computed anew
+
+
+def test_the_folder_is_bounded_least_recently_used_first(tmp_path):
+    store = ReferenceStore(tmp_path, max_bytes=3 * 8000 + 1000)
+    arrays = {"x": np.zeros(1000)}  # 8000 bytes each, plus a header
+    for age, key in ((30, "a"), (20, "b"), (10, "c")):
+        store.put(key, arrays)
+        os.utime(store.path(key), (time.time() - age,) * 2)  # written in turn (file clocks can be coarse)
+    assert store.get("a") is not None  # "a" used last: "b" goes first
+    store.put("d", arrays)
+    assert store.get("b") is None
+    assert store.get("a") is not None and store.get("d") is not None
+    assert sum(p.stat().st_size for p in tmp_path.glob(f"*{SUFFIX}")) <= store.max_bytes
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_an_unreadable_entry_is_a_miss(tmp_path, size):
+    store = ReferenceStore(tmp_path)
+    store.put("k", {"x": np.arange(5.0)})
+    np.testing.assert_array_equal(store.get("k")["x"], np.arange(5.0))
+    path = store.path("k")
+    path.write_bytes(path.read_bytes()[:size] if size else b"")
+    assert store.get("k") is None and not path.exists()
