@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper.model
+from torch.overrides import TorchFunctionMode
 from whisper.model import ModelDimensions, Whisper
 
 from . import ctranslate2_files as ct2_files
@@ -143,21 +144,31 @@ class Checkpoint:
                 f"{d.n_audio_head} heads, {d.n_mels} mels, {d.n_audio_ctx} frames")
 
 
+class _ShapesOnly(TorchFunctionMode):
+    """Skips in-place fills that change no shape (their meta kernels, written in Python, import torch._dynamo)."""
+
+    SKIPPED = frozenset({torch.nn.init.normal_, torch.Tensor.normal_, torch.Tensor.triu_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
 def on_meta():
     """Build openai-whisper modules on the meta device: shapes only, no memory, no random initialisation.
 
-    The sinusoidal positional embedding and the token embedding's normal initialisation run meta kernels
-    written in Python, which import torch._dynamo (about a second): here the first is an empty tensor and
-    the second is skipped; the checkpoint's values replace both."""
-    sinusoids, embedding_init = whisper.model.sinusoids, torch.nn.Embedding.reset_parameters
+    Meta kernels written in Python import torch._dynamo (about a second): the sinusoidal positional
+    embedding is an empty tensor here and shape-preserving fills (the token embedding's initialisation,
+    the causal mask) are skipped; the checkpoint's values replace them."""
+    sinusoids = whisper.model.sinusoids
     whisper.model.sinusoids = lambda length, channels, max_timescale=10000: torch.empty(length, channels)
-    torch.nn.Embedding.reset_parameters = lambda module: None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _ShapesOnly():
             yield
     finally:
-        whisper.model.sinusoids, torch.nn.Embedding.reset_parameters = sinusoids, embedding_init
+        whisper.model.sinusoids = sinusoids
 
 
 def cache_dir() -> Path:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
+from fidelity import audio
 from fidelity.candidates.base import CandidateConfig
 from fidelity.checkpoints import random_checkpoint
+from fidelity.corpus.configs import Configuration
+from fidelity.corpus.one_clip import ClipComparer, ClipInput
 from fidelity.flow.walk import Plan, compare_candidate
 from fidelity.reference.references import References
 from fidelity.reference.store import SUFFIX, ReferenceStore
@@ -94,3 +99,29 @@ def test_an_unreadable_entry_is_a_miss(tmp_path, size):
     path = store.path("k")
     path.write_bytes(path.read_bytes()[:size] if size else b"")
     assert store.get("k") is None and not path.exists()
+
+
+def test_corpus_configurations_and_a_resumed_sweep_share_reference_runs(speech_clip, tmp_path):
+    """Two configurations of one clip share runners and runs; a new worker over the same folder (a resumed
+    sweep) recomputes no reference and gives the same rows."""
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, speech_clip.samples[: 4 * audio.SAMPLE_RATE], audio.SAMPLE_RATE)
+    clip = ClipInput("clip", str(path), path.read_bytes(), None)
+    spec = str(Path(__file__).with_name("protocol_candidates.py"))
+    configs = [Configuration("tiny.en", f"{spec}:{name}", "float32", "cpu") for name in ("whole", "tf32_matmuls")]
+    folder = tmp_path / "references"
+    first = ClipComparer(folder)
+    rows = []
+    for config in configs:
+        rows.append(first.compare_one(clip, config))
+        assert rows[-1]["status"] == "ok", rows[-1]
+        if len(rows) == 1:
+            store = first._examiners[config.key].references.store
+            computed = store.misses
+    assert first._examiners[configs[0].key].references is first._examiners[configs[1].key].references
+    assert store.misses == computed > 0  # the second configuration computed no reference
+    resumed = ClipComparer(folder)
+    for config, row in zip(configs, rows):
+        again = resumed.compare_one(clip, config)
+        assert again["stages"] == row["stages"] and again["first_divergence"] == row["first_divergence"]
+    assert resumed._examiners[configs[0].key].references.store.misses == 0

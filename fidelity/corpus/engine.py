@@ -45,6 +45,7 @@ class RayOptions:
     cpus_per_worker: int | None = None  # None: all of a local machine's CPUs for one worker, else 2
     object_store_mb: int = 128
     verbose: bool = False
+    reference_cache: str | None = None  # a folder each worker keeps reference runs in (beside the rows)
 
 
 @dataclass
@@ -155,7 +156,7 @@ def plan_workers(options: RayOptions, resources: dict) -> tuple[int, dict]:
 class SweepWorker:
     """A Ray actor wrapping one `ClipComparer`."""
 
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, reference_cache: str | None = None):
         logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -163,7 +164,7 @@ class SweepWorker:
             import torch
 
             torch.set_num_threads(threads)
-        self.comparer = ClipComparer()
+        self.comparer = ClipComparer(reference_cache)
 
     def setup(self, configs: list[Configuration]) -> dict:
         timings = {}
@@ -190,7 +191,7 @@ def run(tasks: Iterable[tuple[ClipInput, Configuration, dict]], total: int, conf
 
     def spawn(index: int | None = None):
         began = time.perf_counter()
-        actor = actor_cls.remote(options.verbose)
+        actor = actor_cls.remote(options.verbose, options.reference_cache)
         record = WorkerStats()
         ready = actor.setup.remote(configs)
         if index is None:

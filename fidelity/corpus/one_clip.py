@@ -41,10 +41,16 @@ class ClipInput:
 
 
 class ClipComparer:
-    """One worker's state: per configuration, an examiner (models and compiled graphs), built once."""
+    """One worker's state: per configuration, an examiner (models and compiled graphs), built once.
 
-    def __init__(self):
+    Configurations whose references run alike share one set of runners; with `reference_cache`
+    (a folder, beside the rows) every reference run is kept by content, so a clip's truth and floors are
+    computed once across configurations, workers and resumed sweeps."""
+
+    def __init__(self, reference_cache: str | Path | None = None):
+        self.reference_cache = reference_cache
         self._checkpoints: dict[str, checkpoints.Checkpoint] = {}
+        self._references: dict = {}  # shared by this worker's examiners
         self._examiners: dict[str, Examiner] = {}
         self._failed: dict[str, str] = {}  # a configuration that cannot be built fails each clip at once
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -69,8 +75,9 @@ class ClipComparer:
         start = time.perf_counter()
         request = Request(model=self._checkpoints[config.model], audio=None, candidate=config.candidate,
                           taps=STAGE_OUTPUTS, device=config.device, dtype=config.dtype, isolate=config.isolate,
-                          probe_effect=False, e2e=config.e2e, band_draws=0)  # a row has no band columns
-        examiner = Examiner(request)
+                          probe_effect=False, e2e=config.e2e, band_draws=0,  # a row has no band columns
+                          reference_cache=self.reference_cache)
+        examiner = Examiner(request, shared_references=self._references)
         timings["examiner_s"] = time.perf_counter() - start
         timings["graph_compile_or_load_s"] = examiner.candidate.compile_seconds
         self._examiners[config.key] = examiner
