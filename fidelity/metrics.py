@@ -68,16 +68,20 @@ def compare(candidate: np.ndarray, reference: np.ndarray, floor_reference: np.nd
     floor_eff = max(noise_floor, _TINY * rms_ref) if math.isfinite(noise_floor) else float("nan")
     ref_std, cand_std = float(ref.std()), float(cand.std())
     flat_at = int(np.argmax(abs_err)) if err.size else 0
+    max_abs = float(abs_err.flat[flat_at]) if err.size else 0.0
+    bias = float(err.mean()) if err.size else 0.0
+    del err
+    p99 = float(np.percentile(abs_err, 99, overwrite_input=True)) if abs_err.size else 0.0  # abs_err: no longer read
     return TapStats(
         shape=tuple(ref.shape),
         cosine=_cosine(cand, ref, cand_norm, ref_norm),
         rel_l2=math.sqrt(err_sq) / ref_norm if ref_norm > 0 else (0.0 if err_sq == 0 else float("inf")),
-        max_abs=float(abs_err.max()) if err.size else 0.0,
-        max_abs_at=tuple(int(i) for i in np.unravel_index(flat_at, ref.shape)) if err.size else (),
-        bias=float(err.mean()) if err.size else 0.0,
+        max_abs=max_abs,
+        max_abs_at=tuple(int(i) for i in np.unravel_index(flat_at, ref.shape)) if abs_err.size else (),
+        bias=bias,
         std_ratio=cand_std / ref_std if ref_std > 0 else (1.0 if cand_std == 0 else float("inf")),
         sqnr_db=10 * math.log10(ref_norm ** 2 / err_sq) if err_sq > 0 and ref_norm > 0 else float("inf"),
-        p99_abs=float(np.percentile(abs_err, 99)) if err.size else 0.0,
+        p99_abs=p99,
         rmse=rmse,
         noise_floor=noise_floor,
         noise_floor_ratio=rmse / floor_eff if floor_eff and math.isfinite(floor_eff) else float("nan"),

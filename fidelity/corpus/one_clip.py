@@ -145,7 +145,8 @@ def stage_row(examination: Examination) -> dict:
         "ln_post_cosine": post["cosine"], "ln_post_rel_l2": post["rel_l2"], "ln_post_floor_ratio": post["floor_ratio"],
         "worst_tap": worst["tap"], "worst_floor_ratio": worst["floor_ratio"],
         "candidate_s": timings["candidate_s"], "reference_s": timings["reference_s"],
-        "metrics_s": timings["metrics_s"],
+        "metrics_s": timings["metrics_s"], "candidate_cpu_s": timings["candidate_cpu_s"],
+        "reference_cpu_s": timings["reference_cpu_s"], "metrics_cpu_s": timings["metrics_cpu_s"],
     }
     if examination.comparison.isolated:
         local_worst = max(stages, key=lambda s: _badness(s["local_floor_ratio"]))
