@@ -119,13 +119,16 @@ class Checkpoint:
         return digest.hexdigest()
 
     @cached_property
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """Encoder tensors in float32, keyed by openai-whisper name: converted once, shared by every user
+        (the float32 references, the candidates' weights); a float32 checkpoint's own tensors."""
+        return {name: tensor.detach().to(torch.float32).contiguous()
+                for name, tensor in self.state.items() if name.startswith("encoder.")}
+
+    @cached_property
     def encoder_weights(self) -> dict[str, np.ndarray]:
-        """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name."""
-        return {
-            name: np.ascontiguousarray(tensor.detach().to(torch.float32).numpy())
-            for name, tensor in self.state.items()
-            if name.startswith("encoder.")
-        }
+        """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name (`encoder_state`'s memory)."""
+        return {name: tensor.numpy() for name, tensor in self.encoder_state.items()}
 
     def whisper_model(self) -> Whisper:
         """A float32 openai-whisper model on the CPU with these weights (strict load)."""

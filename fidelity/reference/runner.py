@@ -11,7 +11,8 @@ explicit path (`disable_sdpa`), the one that exposes the attention logits.
 Method names are the candidate protocol's (`run`, `run_patched`, `run_stage`,
 `encode`, `front_end`).
 
-Precision: float32 as shipped (the modules share the checkpoint's tensors); float64
+Precision: float32 as shipped (the modules share the checkpoint's float32 encoder tensors, converted
+once for every runner and candidate); float64
 by a float64 copy of each stage's modules made as the stage runs (openai-whisper's
 LayerNorm run as plain `nn.LayerNorm`, since its float32 cast would mix dtypes), so
 the truth never holds a second full copy of the weights; float16/bfloat16 the
@@ -69,7 +70,7 @@ class TorchRunner:
         with on_meta():
             encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         prefix = "encoder."
-        state = {k[len(prefix):]: v.to(torch.float32) for k, v in checkpoint.state.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in checkpoint.encoder_state.items()}
         positional = state.pop("positional_embedding")  # a buffer: assigned below
         encoder.load_state_dict(state, strict=False, assign=True)  # shares the checkpoint's float32 tensors
         encoder.register_buffer("positional_embedding", positional)
