@@ -82,13 +82,24 @@ def test_the_folder_is_bounded_least_recently_used_first(tmp_path):
     store = ReferenceStore(tmp_path, max_bytes=3 * 8000 + 1000)
     arrays = {"x": np.zeros(1000)}  # 8000 bytes each, plus a header
     for age, key in ((30, "a"), (20, "b"), (10, "c")):
+        store.new_run()  # one entry per run: a run keeps at most half the bound
         store.put(key, arrays)
         os.utime(store.path(key), (time.time() - age,) * 2)  # written in turn (file clocks can be coarse)
     assert store.get("a") is not None  # "a" used last: "b" goes first
+    store.new_run()
     store.put("d", arrays)
     assert store.get("b") is None
     assert store.get("a") is not None and store.get("d") is not None
     assert sum(p.stat().st_size for p in tmp_path.glob(f"*{SUFFIX}")) <= store.max_bytes
+
+
+def test_a_run_larger_than_half_the_bound_keeps_only_that_half(tmp_path):
+    """Writing a run's every entry into a folder too small for them would evict its own first entries."""
+    store = ReferenceStore(tmp_path, max_bytes=4 * 8000 + 2000)
+    store.new_run()
+    for key in "abcd":
+        store.put(key, {"x": np.zeros(1000)})
+    assert [store.get(key) is not None for key in "abcd"] == [True, True, False, False]
 
 
 @pytest.mark.parametrize("size", [0, -1])

@@ -112,6 +112,8 @@ class Examiner:
         mel = audio.mel_windows(clip, self.checkpoint.dims.n_mels)
         log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))
         compiled = self.candidate.compile_seconds
+        if self.references.store is not None:
+            self.references.store.new_run()
         comparison = compare_candidate(self.candidate, self.references, mel, self.plan, clip.samples, observers)
         if on_comparison is not None:
             on_comparison(comparison)

@@ -65,6 +65,7 @@ class ReferenceStore:
         self.folder = Path(folder)
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.hits = self.misses = 0
+        self.written = 0  # bytes written in this examination: past half the bound, no more (see `put`)
         self._size: int | None = None  # bytes in the folder, counted on the first write
 
     def path(self, key: str) -> Path:
@@ -93,12 +94,24 @@ class ReferenceStore:
         self.hits += 1
         return arrays
 
+    def new_run(self) -> None:
+        """A new examination begins (see `put`)."""
+        self.written = 0
+
     def put(self, key: str, arrays: Arrays) -> None:
-        if self.max_bytes <= 0:
+        """Keep `arrays` under `key`. An examination whose references outgrow half the bound (a large model,
+        every tap) keeps only what fits in that half: writing the rest would evict its own first entries."""
+        size = sum(np.asarray(a).nbytes for a in arrays.values())
+        if self.written + size > self.max_bytes // 2:
+            if self.written <= self.max_bytes // 2:
+                log.info("this run's reference runs outgrow half of %s's bound (%.1f GiB): the rest is not kept",
+                         self.folder, self.max_bytes / 2 ** 30)
+                self.written = self.max_bytes  # said once
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             data = _encode(arrays)
+            self.written += len(data)
             path = self.path(key)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
