@@ -132,6 +132,8 @@ class Checkpoint:
 
     def whisper_model(self) -> Whisper:
         """A float32 openai-whisper model on the CPU with these weights (strict load)."""
+        decoder = [key for key in self.state if key.startswith("decoder.")]
+        _check_finite(self.state, decoder, str(self.path or self.name))
         model = Whisper(self.dims)
         model.load_state_dict(self.state, strict=True)
         if self.alignment_heads:
@@ -286,7 +288,13 @@ def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise FidelityError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
-    for key in expected:
+    _check_finite(state, [key for key in expected if key.startswith("encoder.")], source)
+
+
+def _check_finite(state: dict, keys: list[str], source: str) -> None:
+    """Refuse NaN or Inf in the given weights (the encoder's at load, the decoder's when it is first built:
+    most of a small model's weights are the decoder's, which only transcription reads)."""
+    for key in keys:
         tensor = state[key]
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
