@@ -36,6 +36,7 @@ from ..checkpoints import Checkpoint, on_meta
 from ..devices import torch_device
 from ..errors import FidelityError
 from ..precisions import torch_dtype
+from ..provenance import reference_platform
 from ..taps import CONV_STEM, ENCODER_OUTPUT, LN_POST, Stage, stages
 from .arithmetic import IEEE, arithmetic
 
@@ -84,12 +85,10 @@ class TorchRunner:
 
     def identity(self) -> dict:
         """What this runner's numbers depend on besides the weights and the input (the reference cache's key)."""
-        if self.device.type == "cuda":
-            where = f"cuda:{torch.cuda.get_device_name(self.device)}:{torch.version.cuda}"
-        else:
-            where = f"cpu:{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()} threads"
+        where = (f"cuda:{torch.cuda.get_device_name(self.device)}:{torch.version.cuda}" if self.device.type == "cuda"
+                 else "cpu")
         return {"dtype": self.dtype, "device": where, "arithmetic": self.arithmetic,
-                "tf32_convolutions": self.tf32_convolutions, "torch": torch.__version__}
+                "tf32_convolutions": self.tf32_convolutions, "platform": reference_platform()}
 
     # -- the protocol's jobs -------------------------------------------------------
     def run(self, mel: np.ndarray, taps: Sequence[str]) -> Arrays:
