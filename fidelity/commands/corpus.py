@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray workers (default: one per GPU with --device gpu; on CPUs, the CPUs divided "
                              "by --cpus-per-worker)")
     parser.add_argument("--cpus-per-worker", type=int, default=None,
-                        help="CPUs (threads) per worker (default: all of a local machine's, 2 on a cluster; "
+                        help="CPUs (threads) per worker (default: 1 on a local machine, 2 on a cluster; "
                              "with --device gpu, the CPUs divided by the GPUs)")
     parser.add_argument("--object-store-mb", type=int, default=128,
                         help="object store of a local Ray instance, MiB (default 128: clips are small)")
