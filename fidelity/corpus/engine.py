@@ -5,9 +5,10 @@ object store and as many CPUs as the machine has; `address` joins a running clus
 (its nodes need fidelity installed; clips travel as bytes, so no shared filesystem is
 needed). CPU workers take `cpus_per_worker` CPUs each (that many threads for torch and
 MAX; locally one per worker, as many workers as CPUs and memory allow); GPU workers
-take one GPU each and a share of the CPUs, since openai-whisper's float64 truth, the statistics and the e2e decoder run on the CPU whatever the device.
-Each worker keeps two clips queued so it never waits for the driver. A worker that
-dies yields an error row for its clip and is replaced.
+take one GPU each and a share of the CPUs, since openai-whisper's float64 truth, the
+statistics and the e2e decoder run on the CPU whatever the device. Each worker keeps
+two clips queued so it never waits for the driver. A worker that dies yields an error
+row for its clip and is replaced.
 """
 
 from __future__ import annotations
