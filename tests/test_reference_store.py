@@ -136,3 +136,15 @@ def test_corpus_configurations_and_a_resumed_sweep_share_reference_runs(speech_c
         again = resumed.compare_one(clip, config)
         assert again["stages"] == row["stages"] and again["first_divergence"] == row["first_divergence"]
     assert resumed._examiners[configs[0].key].references.store.misses == 0
+
+
+def test_entries_keep_dtype_shape_and_values(tmp_path):
+    arrays = {"half": np.arange(6, dtype=np.float16).reshape(2, 3), "scalar": np.array(3.5),
+              "empty": np.zeros((0, 4), np.float32), "transposed": np.arange(12.0).reshape(3, 4).T}
+    store = ReferenceStore(tmp_path)
+    store.put("k", arrays)
+    got = store.get("k")
+    assert sorted(got) == sorted(arrays)
+    for name, array in arrays.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape
+        np.testing.assert_array_equal(got[name], array)

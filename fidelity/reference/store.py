@@ -53,7 +53,7 @@ def default_max_bytes() -> int:
 
 def array_digest(digest, array: np.ndarray) -> None:
     """Feed an array's dtype, shape and bytes to a hashlib object."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     digest.update(f"{array.dtype.str}|{array.shape}|".encode())
     digest.update(memoryview(array).cast("B") if array.size else b"")
 
@@ -110,34 +110,40 @@ class ReferenceStore:
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            data = _encode(arrays)
-            self.written += len(data)
             path = self.path(key)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
-                tmp.write_bytes(data)
+                with open(tmp, "wb") as file:
+                    written = _write(file, arrays)
                 tmp.replace(path)
             finally:
                 tmp.unlink(missing_ok=True)
+            self.written += written
             if self._size is None:
                 self._size = _folder_bytes(self.folder)
             else:
-                self._size += len(data)
+                self._size += written
             if self._size > self.max_bytes:
                 self._size = _evict(self.folder, int(0.9 * self.max_bytes))
         except OSError as exc:  # a full or read-only disk costs the reuse, never the run
             log.warning("cannot keep reference runs in %s: %s", self.folder, exc)
 
 
-def _encode(arrays: Arrays) -> bytes:
-    header, blobs = [], []
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        header.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "bytes": array.nbytes})
-        blobs.append(array.tobytes())
-    payload = b"".join(blobs)
-    head = json.dumps({"arrays": header, "crc32": zlib.crc32(payload)}).encode()
-    return MAGIC + len(head).to_bytes(8, "little") + head + payload
+def _write(file, arrays: Arrays) -> int:
+    """Write an entry: magic, header length, header (names, dtypes, shapes, the payload's CRC-32), then each
+    array's bytes straight from its memory (no copy of the payload is made). Returns the bytes written."""
+    ordered = [np.asarray(arrays[name], order="C") for name in sorted(arrays)]
+    crc = 0
+    for array in ordered:
+        crc = zlib.crc32(memoryview(array).cast("B") if array.size else b"", crc)
+    header = [{"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "bytes": a.nbytes}
+              for name, a in zip(sorted(arrays), ordered)]
+    head = json.dumps({"arrays": header, "crc32": crc}).encode()
+    file.write(MAGIC + len(head).to_bytes(8, "little") + head)
+    for array in ordered:
+        if array.size:
+            file.write(memoryview(array).cast("B"))
+    return len(MAGIC) + 8 + len(head) + sum(a.nbytes for a in ordered)
 
 
 def _decode(data: bytearray) -> Arrays | None:
