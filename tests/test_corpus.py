@@ -243,7 +243,8 @@ def test_generator_refuses_zero():
 def test_worker_plan_per_device():
     from fidelity.corpus.engine import RayOptions, check_reachable, plan_workers
 
-    assert plan_workers(RayOptions(), {"CPU": 2.0}) == (1, {"num_cpus": 2})
+    assert plan_workers(RayOptions(), {"CPU": 2.0}) == (2, {"num_cpus": 1})
+    assert plan_workers(RayOptions(), {"CPU": 8.0, "memory": 10 * 2 ** 30}) == (3, {"num_cpus": 1})  # memory bound
     assert plan_workers(RayOptions(address="10.0.0.1:6379"), {"CPU": 64.0}) == (32, {"num_cpus": 2})
     assert plan_workers(RayOptions(workers=3, cpus_per_worker=1), {"CPU": 8.0}) == (3, {"num_cpus": 1})
     assert plan_workers(RayOptions(device="gpu"), {"CPU": 16.0, "GPU": 2.0}) == (2, {"num_gpus": 1, "num_cpus": 8})

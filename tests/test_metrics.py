@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fidelity.metrics import compare
+from fidelity.metrics import compare, percentile_99
 from fidelity.verdicts import DIVERGED, NONFINITE, OK, SHAPE, judge
 
 rng = np.random.default_rng(0)
@@ -63,3 +63,20 @@ def test_shape_mismatch_and_nan():
     bad[0, 0] = np.nan
     assert judge(compare(bad, REF, REF), 10.0) == NONFINITE
     assert compare(bad, REF, REF).as_dict()["cosine"] is None
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 4095, 4096, 5001, 1500 * 384])
+@pytest.mark.parametrize("pattern", ["normal", "ties", "strided", "sparse"])
+def test_percentile_99_is_numpys_value(n, pattern):
+    """The 99th percentile found among the values over a sampled threshold is numpy's, to the last bit,
+    including values in step with the sample and a threshold the sample sets too high (the fallback)."""
+    rng = np.random.default_rng(n)
+    values = np.abs(rng.standard_normal(n))
+    if pattern == "ties":
+        values = np.round(values * 4) / 4
+    elif pattern == "strided":  # large values exactly where the sample looks
+        values[::61] *= 1000
+    elif pattern == "sparse":  # 0.5% ones among zeros: the sample's threshold is 0
+        values = np.zeros(n)
+        values[rng.integers(0, n, size=max(1, n // 200))] = 1.0
+    assert percentile_99(values.copy()) == float(np.percentile(values, 99))

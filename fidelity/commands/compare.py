@@ -33,6 +33,7 @@ from ..flow.request import NOISE_LEVELS, Request
 from ..flow.walk import Comparison
 from ..outputs import atomic_dir, ensure_replaceable
 from ..precisions import CANDIDATE_PRECISIONS
+from ..reference.store import default_folder
 from ..report.dumps import META, DumpWriter, write_dump_meta
 from ..report.report_files import MARKER, write_report
 from ..report.table import format_summary, format_table
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heatmap-tap", default=None, metavar="TAP",
                         help="tap for the HTML time x channel error map (default: the first divergence, "
                              "else encoder.ln_post)")
+    parser.add_argument("--reference-cache", type=Path, default=None,
+                        help="folder keeping openai-whisper's stage runs (the float64 truth and the floors) by "
+                             "content, so a rerun on the same clip and model reuses them (default "
+                             "$FIDELITY_CACHE/references, at most FIDELITY_REFERENCE_CACHE_GB, default 4)")
+    parser.add_argument("--no-reference-cache", action="store_true",
+                        help="compute the references anew and keep nothing")
     parser.add_argument("--list-taps", action="store_true", help="print the model's taps with shapes and exit")
     add_logging_flags(parser)
     return parser
@@ -145,6 +152,7 @@ def request_from(args: argparse.Namespace, model: str | checkpoints.Checkpoint) 
                    probe_effect=not args.no_probe_effect, e2e=args.e2e,
                    truth=read_truth(args.text, args.audio) if args.e2e or args.text else None,
                    sensitivity=args.sensitivity, noise_levels=parse_levels(args.noise_levels),
+                   reference_cache=None if args.no_reference_cache else (args.reference_cache or default_folder()),
                    command=" ".join(["python -m fidelity.compare", *sys.argv[1:]]))
 
 

@@ -40,6 +40,7 @@ from .cli import EXIT_FAIL, EXIT_OK, Parser, add_logging_flags, run_main, setup_
 log = logging.getLogger("fidelity.corpus")
 
 MARKER = "corpus.json"
+REFERENCES_DIR = "references"  # reference runs kept by content, beside the rows (fidelity.reference.store)
 DEFAULT_OUT = Path("reports") / "corpus"
 
 
@@ -72,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray workers (default: one per GPU with --device gpu; on CPUs, the CPUs divided "
                              "by --cpus-per-worker)")
     parser.add_argument("--cpus-per-worker", type=int, default=None,
-                        help="CPUs (threads) per worker (default: all of a local machine's, 2 on a cluster; "
+                        help="CPUs (threads) per worker (default: 1 on a local machine, 2 on a cluster; "
                              "with --device gpu, the CPUs divided by the GPUs)")
     parser.add_argument("--object-store-mb", type=int, default=128,
                         help="object store of a local Ray instance, MiB (default 128: clips are small)")
+    parser.add_argument("--no-reference-cache", action="store_true",
+                        help="keep no reference runs in OUT/references (by default each clip's float64 truth and "
+                             "floors are kept there by content and reused by other configurations and resumed "
+                             "sweeps; at most FIDELITY_REFERENCE_CACHE_GB, default 4)")
     parser.add_argument("--flush-every", type=int, default=10, help="rows per Parquet part (default 10)")
     add_logging_flags(parser)
     return parser
@@ -159,7 +164,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
             options = engine.RayOptions(address=args.address, device=args.device, workers=args.workers,
                                         cpus_per_worker=args.cpus_per_worker, object_store_mb=args.object_store_mb,
-                                        verbose=args.verbose)
+                                        verbose=args.verbose,
+                                        reference_cache=None if args.no_reference_cache else
+                                        str((args.out / REFERENCES_DIR).resolve()))
             ray_began = time.perf_counter()
             resources = engine.start(options)  # a Ray address that does not answer: exit 2, nothing written
             meta["ray_start_s"] = round(time.perf_counter() - ray_began, 2)

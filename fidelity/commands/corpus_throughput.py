@@ -5,7 +5,8 @@ tiny.en, the MAX candidate in float32 on the CPU, stage-boundary taps with isola
 once without and once with end-to-end transcription, each into a fresh folder (so
 nothing is reused). For each: rows per minute over the whole command and in steady
 state (between the first and the last finished row), the medians of each row's
-timings, Ray's start-up, each worker's start-up and model/graph loading (once per
+timings, each row's CPU seconds split into reference, candidate and metrics (and the rest:
+Ray, the driver, start-up), Ray's start-up, each worker's start-up and model/graph loading (once per
 worker), and the peak resident memory of the whole process tree (driver, Ray's
 processes and workers) sampled every 0.5 s, and its CPU time per row (which other
 work on a shared machine does not inflate, unlike wall time). Writes bench.json.
@@ -90,6 +91,7 @@ def sweep_once(sources: list[Path], out: Path, extra: list[str]) -> dict:
     finished = rows["finished_at"].sort_values().to_numpy()
     steady = 60 * (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 1 else None
     timing_columns = ["load_s", "candidate_s", "reference_s", "metrics_s", "e2e_s", "total_s"]
+    cpu_columns = ["reference_cpu_s", "candidate_cpu_s", "metrics_cpu_s"]
     return {
         "rows": len(rows), "errors": int((rows["status"] != "ok").sum()),
         "windows": int(good["windows"].sum()), "audio_s": round(float(good["seconds"].sum()), 1),
@@ -107,8 +109,19 @@ def sweep_once(sources: list[Path], out: Path, extra: list[str]) -> dict:
         # whatever else the machine is doing
         "cpu_s_tree": round(sum(memory.cpu.values()), 1),
         "cpu_s_per_row": round(sum(memory.cpu.values()) / max(len(rows), 1), 2),
+        # the worker's CPU seconds per row in each part of the comparison (mean over the rows), and what is left
+        # of the tree's CPU per row (Ray, the driver, loading, start-up)
+        "cpu_s_per_row_split": _cpu_split(good, cpu_columns, sum(memory.cpu.values()) / max(len(rows), 1)),
         "summary": stdout.strip().splitlines(),
     }
+
+
+def _cpu_split(good, columns: list[str], per_row: float) -> dict:
+    present = [c for c in columns if c in good and good[c].notna().any()]
+    split = {c.replace("_cpu_s", ""): round(float(good[c].mean()), 2) for c in present}
+    if split:
+        split["other"] = round(per_row - sum(split.values()), 2)
+    return split
 
 
 def build_parser() -> argparse.ArgumentParser:

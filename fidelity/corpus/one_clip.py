@@ -38,10 +38,16 @@ class ClipInput:
 
 
 class ClipComparer:
-    """One worker's state: per configuration, an examiner (models and compiled graphs), built once."""
+    """One worker's state: per configuration, an examiner (models and compiled graphs), built once.
 
-    def __init__(self):
+    Configurations whose references run alike share one set of runners; with `reference_cache`
+    (a folder, beside the rows) every reference run is kept by content, so a clip's truth and floors are
+    computed once across configurations, workers and resumed sweeps."""
+
+    def __init__(self, reference_cache: str | Path | None = None):
+        self.reference_cache = reference_cache
         self._checkpoints: dict[str, checkpoints.Checkpoint] = {}
+        self._references: dict = {}  # shared by this worker's examiners
         self._examiners: dict[str, Examiner] = {}
         self._failed: dict[str, str] = {}  # a configuration that cannot be built fails each clip at once
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -68,9 +74,10 @@ class ClipComparer:
         # a row records every stage output (a port's own front end adds frontend.mel)
         request = Request(model=checkpoint, audio=None, candidate=config.candidate,
                           taps=",".join(stage_outputs(checkpoint.dims)), device=config.device, dtype=config.dtype,
-                          isolate=config.isolate,
-                          probe_effect=False, e2e=config.e2e, band_draws=0)  # a row has no band columns
-        examiner = Examiner(request)
+                          isolate=config.isolate, probe_effect=False, e2e=config.e2e,
+                          band_draws=0,  # a row has no band columns
+                          reference_cache=self.reference_cache)
+        examiner = Examiner(request, shared_references=self._references)
         timings["examiner_s"] = time.perf_counter() - start
         timings["graph_compile_or_load_s"] = examiner.candidate.compile_seconds
         self._examiners[config.key] = examiner
@@ -138,7 +145,8 @@ def stage_row(examination: Examination) -> dict:
         "ln_post_cosine": post["cosine"], "ln_post_rel_l2": post["rel_l2"], "ln_post_floor_ratio": post["floor_ratio"],
         "worst_tap": worst["tap"], "worst_floor_ratio": worst["floor_ratio"],
         "candidate_s": timings["candidate_s"], "reference_s": timings["reference_s"],
-        "metrics_s": timings["metrics_s"],
+        "metrics_s": timings["metrics_s"], "candidate_cpu_s": timings["candidate_cpu_s"],
+        "reference_cpu_s": timings["reference_cpu_s"], "metrics_cpu_s": timings["metrics_cpu_s"],
     }
     if examination.comparison.isolated:
         local_worst = max(stages, key=lambda s: _badness(s["local_floor_ratio"]))

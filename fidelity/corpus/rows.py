@@ -44,6 +44,8 @@ SCHEMA = pa.schema([
     ("teacher_verdict", _S),
     # timings (seconds) and provenance
     ("load_s", _F), ("candidate_s", _F), ("reference_s", _F), ("metrics_s", _F), ("e2e_s", _F), ("total_s", _F),
+    # CPU seconds (every thread of the worker) of the comparison's parts: what a row costs on a busy machine
+    ("candidate_cpu_s", _F), ("reference_cpu_s", _F), ("metrics_cpu_s", _F),
     ("worker", _S), ("run_id", _S), ("finished_at", _F),
 ])
 

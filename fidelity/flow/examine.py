@@ -28,6 +28,7 @@ from ..e2e import E2EResult, FloorEncoder, examine_transcripts
 from ..errors import FidelityError
 from ..provenance import reference_platform, versions
 from ..reference.references import FLOOR, TF32_FLOOR, References
+from ..reference.store import ReferenceStore
 from ..verdicts import TF32, arithmetic_mode
 from .examination import Examination, ProbeEffect, Setting
 from .request import Request
@@ -35,7 +36,8 @@ from .walk import Comparison, Plan, TapObserver, call_candidate, compare_candida
 
 log = logging.getLogger(__name__)
 
-SHARED_REFERENCE_BYTES = 1 << 30  # reference runs kept when examiners share their floors (a bench's configurations)
+# reference runs kept in memory when examiners share their floors and no folder keeps them (a bench's configurations)
+SHARED_REFERENCE_BYTES = 1 << 30
 
 # Observing moves a port's output; at this fraction of the floor's own error or more it is material.
 MATERIAL_PROBE_EFFECT = 0.25
@@ -51,9 +53,12 @@ class Examiner:
     """What a request needs, checked and loaded once: checkpoint, taps, clip, candidate, references.
 
     `references` may be shared between examiners of one checkpoint (the fault catalogue
-    compares many candidates against one set of reference runs)."""
+    compares many candidates against one set of reference runs); `shared_references` is a pool,
+    keyed by how the references run, that examiners of one checkpoint draw from (a corpus worker's
+    configurations share one set of runners)."""
 
-    def __init__(self, request: Request, references: References | dict | None = None):
+    def __init__(self, request: Request, references: References | None = None,
+                 shared_references: dict | None = None):
         self.request = request
         self.checkpoint = (request.model if isinstance(request.model, checkpoints.Checkpoint)
                            else checkpoints.load_checkpoint(request.model))
@@ -76,21 +81,18 @@ class Examiner:
         front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
         self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency,
                          request.strict_fp32)
-        self.references = references if isinstance(references, References) else self._references(references)
+        how = (self.checkpoint.encoder_digest, self.candidate.floor_dtype, request.device, request.tf32_reference,
+               self._tf32_floor(), self.candidate.convolutions_as_matmuls, str(request.reference_cache))
+        pool = shared_references if shared_references is not None else {}
+        if references is None and how not in pool:
+            store = ReferenceStore(request.reference_cache) if request.reference_cache is not None else None
+            pool[how] = References(self.checkpoint, self.candidate.floor_dtype, request.device,
+                                   tf32_reference=request.tf32_reference, tf32_floor=self._tf32_floor(),
+                                   tf32_convolutions=self.candidate.convolutions_as_matmuls, store=store,
+                                   cache_bytes=SHARED_REFERENCE_BYTES if shared_references is not None and store is None
+                                   else 0)
+        self.references = references or pool[how]
         self._whisper = None
-
-    def _references(self, shared: dict | None) -> References:
-        """The floors this candidate is judged against; with `shared` (a dict kept by the caller), one set per
-        kind of floor, reused by every examiner given the same dict."""
-        key = (self.candidate.floor_dtype, self._tf32_floor(), self.candidate.convolutions_as_matmuls)
-        if shared is not None and key in shared:
-            return shared[key]
-        made = References(self.checkpoint, key[0], self.request.device, tf32_reference=self.request.tf32_reference,
-                          tf32_floor=key[1], tf32_convolutions=key[2],
-                          cache_bytes=SHARED_REFERENCE_BYTES if shared is not None else 0)
-        if shared is not None:
-            shared[key] = made
-        return made
 
     def _tf32_floor(self) -> bool:
         """Whether to measure the TF32-matmul floor: asked for, or by default for float32 on a GPU."""
@@ -115,6 +117,8 @@ class Examiner:
         mel = audio.mel_windows(clip, self.checkpoint.dims.n_mels)
         log.info("audio %s: %.1f s, %d window(s) of 30 s", clip.source, clip.seconds, len(mel))
         compiled = self.candidate.compile_seconds
+        if self.references.store is not None:
+            self.references.store.new_run()
         comparison = compare_candidate(self.candidate, self.references, mel, self.plan, clip.samples, observers)
         if on_comparison is not None:
             on_comparison(comparison)

@@ -28,7 +28,9 @@ class Request:
     matmuls and convolutions (`--tf32 on`); `probe_effect`: build and run a port's unprobed graph
     too; `e2e`: transcribe and teacher-force, against the ground truth `truth` when given, with
     `band_draws` draws of the floor-noise band; `sensitivity`: a stage output to add noise at
-    (`noise_levels`, built-in candidate); `command`: the command line, recorded in the report.
+    (`noise_levels`, built-in candidate); `reference_cache`: a folder keeping the reference's stage runs
+    by content (`fidelity.reference.store`; None: computed anew each time); `command`: the command line,
+    recorded in the report.
     """
 
     model: str | Path | Checkpoint = DEFAULT_MODEL
@@ -50,6 +52,7 @@ class Request:
     truth: str | None = None
     sensitivity: str | None = None
     noise_levels: tuple[float, ...] = NOISE_LEVELS
+    reference_cache: str | Path | None = None
     command: str = ""
 
     def candidate_config(self, attention_weights: bool) -> CandidateConfig:

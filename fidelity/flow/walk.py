@@ -16,9 +16,12 @@ the same taps, so each tap's local error is the error of the span that ends ther
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -78,7 +81,7 @@ class Comparison:
     windows: tuple[dict, ...]
     isolated: bool
     outputs: dict[str, str]  # stage -> its output tap
-    timings: dict = field(default_factory=dict)  # candidate_s, reference_s, metrics_s
+    timings: dict = field(default_factory=dict)  # candidate, reference, metrics: _s (wall), _cpu_s (CPU)
     cut: frozenset[str] = frozenset()  # isolation: internal taps the stage output did not read (patched after)
 
     def row(self, name: str) -> TapResult:
@@ -139,7 +142,7 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
     walk = ([front_end_stage(dims)] if front else []) + stages(dims)
     offered = set(candidate.available_taps()) | ({FRONT_END_TAP} if front else set())
     taps = [t for s in walk for t in s.taps if t.name in set(plan.taps) and t.name in offered]
-    timings = {"candidate_s": 0.0, "reference_s": 0.0, "metrics_s": 0.0}
+    timings = {f"{part}{unit}": 0.0 for part in ("candidate", "reference", "metrics") for unit in ("_s", "_cpu_s")}
     cand_mel = call_candidate(candidate, "front_end", candidate.front_end, samples) if front else None
     truth_mel = references.truth.front_end(samples) if front else None
     best: dict[str, TapResult] = {}
@@ -160,6 +163,11 @@ def compare_candidate(candidate: Candidate, references: References, mel: np.ndar
                 best[row.name] = row
         log.info("window %d/%d compared", index + 1, len(mel))
     return Comparison(tuple(best[t.name] for t in taps), tuple(windows), plan.isolate, outputs, timings, cut)
+
+
+def _now() -> tuple[float, float]:
+    """Wall seconds, and CPU seconds of every thread of this process (which a busy machine does not inflate)."""
+    return time.perf_counter(), time.process_time()
 
 
 def _cut(walk: list[Stage], patchable: set[str]) -> frozenset[str]:
@@ -215,8 +223,8 @@ class _Window:
         floor_local_x = dict.fromkeys(sides, mel)
         cand_x, cand_local_x = cand_mel, mel  # isolation: the conv stem reads openai-whisper's mel
         for stage in stages(self.refs.dims):
-            need = (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
-            start = time.perf_counter()
+            need = self._need(stage)
+            start = _now()
             truth = self.refs.run_stage(TRUTH, stage, truth_x, need, (key, "chained"))
             floors = {side: self.refs.run_stage(side, stage, floor_x[side], need, (key, "chained"))
                       for side in sides}
@@ -226,8 +234,8 @@ class _Window:
                 floor_locals = {side: self.refs.run_stage(side, stage, floor_local_x[side], need,
                                                           (key, "local", stage.input in self.patchable), inner)
                                 for side in sides}
-            self.timings["reference_s"] += time.perf_counter() - start
-            start = time.perf_counter()
+            self._spent("reference", start)
+            start = _now()
             if staged:
                 cand = self._stage(stage, cand_x, need, "run_stage")
                 cand_local = self._stage(stage, cand_local_x, need, "run_stage (isolated)") \
@@ -236,7 +244,7 @@ class _Window:
                     if self.plan.consistency and cand_x is not None else None
             else:
                 cand, cand_local, recomputed = (_take(part, stage) if part is not None else None for part in whole)
-            self.timings["candidate_s"] += time.perf_counter() - start
+            self._spent("candidate", start)
             self._judge(stage, cand or {}, truth, floors, cand_local, floor_locals, recomputed)
             truth_x = truth[stage.output]
             floor_x = {side: floors[side][stage.output] for side in sides}
@@ -248,6 +256,16 @@ class _Window:
         if self.plan.consistency:
             self.rows = blame_bad_inputs(self.rows, {s.name: s.input for s in stages(self.refs.dims)})
         return self.rows
+
+    def _spent(self, part: str, start: tuple[float, float]) -> None:
+        """Add the wall and CPU seconds since `start` to `part` (candidate, reference or metrics)."""
+        wall, cpu = _now()
+        self.timings[f"{part}_s"] += wall - start[0]
+        self.timings[f"{part}_cpu_s"] += cpu - start[1]
+
+    def _need(self, stage: Stage) -> set[str]:
+        """What each side computes at `stage`: the planned and patchable taps there, and its output."""
+        return (self.wanted | self.patchable) & set(stage.tap_names) | {stage.output}
 
     def _stage(self, stage: Stage, x: np.ndarray | None, need: set[str], action: str) -> Arrays | None:
         """A stage run of a stage-running candidate; None when its chain broke before (no input)."""
@@ -262,40 +280,47 @@ class _Window:
     def _whole_runs(self, mel: np.ndarray, cand_mel: np.ndarray, key) -> tuple:
         """(chained, isolated, recomputed) tap dicts of a candidate that runs only as a whole."""
         names = sorted(self.wanted | self.patchable | {s.output for s in stages(self.refs.dims)})
-        start = time.perf_counter()
+        start = _now()
         chained = (call_candidate(self.candidate, "run", self.candidate.run, cand_mel, names)
                    if cand_mel is not None else {})
         local = recomputed = None
         if self.plan.isolate:
-            self.timings["candidate_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            truth = self.refs.truth.run(mel, sorted(self.patchable))  # the float64 value of each patched tap
-            self.timings["reference_s"] += time.perf_counter() - start
-            start = time.perf_counter()
+            self._spent("candidate", start)
+            start = _now()
+            truth, x = {}, mel  # the float64 value of each patched tap: the stage runs the walk makes (a kept
+            for stage in stages(self.refs.dims):  # reference run is found again there)
+                run = self.refs.run_stage(TRUTH, stage, x, self._need(stage), (key, "chained"))
+                x = run[stage.output]
+                truth.update({k: v for k, v in run.items() if k in self.patchable})
+            self._spent("reference", start)
+            start = _now()
             local = call_candidate(self.candidate, "run_patched", self.candidate.run_patched, mel, truth, names)
         if self.plan.consistency and cand_mel is not None:
             patchable = set(self.candidate.patchable_taps())
             own = {k: v for k, v in chained.items() if k in patchable}
             recomputed = call_candidate(self.candidate, "run_patched", self.candidate.run_patched, cand_mel, own, names)
-        self.timings["candidate_s"] += time.perf_counter() - start
+        self._spent("candidate", start)
         return chained, local, recomputed
 
     def _judge(self, stage: Stage, cand: Arrays, truth: Arrays, floors: dict[str, Arrays],
                cand_local: Arrays | None, floor_locals: dict[str, Arrays] | None, recomputed: Arrays | None) -> None:
         """Each planned tap of `stage`: its statistics against the floor (and, where measured, the TF32 floor),
         chained and isolated, its verdicts and arithmetic; then every observer sees its arrays."""
-        start = time.perf_counter()
+        start = _now()
         dtype, strict = self.candidate.floor_dtype, self.plan.strict_fp32
-        for tap in stage.taps:
-            if tap.name not in self.wanted:
-                continue
-            name = tap.name
+        names = [tap.name for tap in stage.taps if tap.name in self.wanted]
+        isolated = cand_local is not None and floor_locals is not None
+        pool = _statistics_pool()  # each tap's statistics, chained and isolated, side by side (numpy frees the GIL)
+        chained = {name: pool.submit(_judged, cand, truth, floors, name) for name in names}
+        locals_ = {name: pool.submit(_judged, cand_local, truth, floor_locals, name) for name in names} \
+            if isolated else {}
+        for name in names:
             budget = budget_for(name, dtype)
-            stats, tf32 = _judged(cand, truth, floors, name)
+            stats, tf32 = chained[name].result()
             verdict, arithmetic = judge_arithmetic(stats, tf32, budget, strict)
             local = local_tf32 = local_verdict = None
-            if cand_local is not None and floor_locals is not None:
-                local, local_tf32 = _judged(cand_local, truth, floor_locals, name)
+            if isolated:
+                local, local_tf32 = locals_[name].result()
                 local_verdict, arithmetic = judge_arithmetic(local, local_tf32, budget, strict)
             ratio = _consistency(recomputed, cand, name, stats) if recomputed is not None else None
             result = TapResult(name, stage.name, stats, budget, verdict, self.index, local, local_verdict, ratio,
@@ -305,7 +330,14 @@ class _Window:
             for observer in self.observers:
                 observer.observe(self.index, result, {"candidate": cand.get(name), "reference": floors[FLOOR][name],
                                                       "reference64": truth[name]})
-        self.timings["metrics_s"] += time.perf_counter() - start
+        self._spent("metrics", start)
+
+
+@functools.cache
+def _statistics_pool() -> ThreadPoolExecutor:
+    """Threads for the statistics: as many as the CPUs this process is given (Ray sets OMP_NUM_THREADS)."""
+    return ThreadPoolExecutor(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1,
+                              thread_name_prefix="fidelity-stats")
 
 
 def _judged(cand: Arrays, truth: Arrays, floors: dict[str, Arrays], name: str) -> tuple[TapStats, FloorRatio | None]:

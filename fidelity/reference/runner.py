@@ -11,7 +11,8 @@ explicit path (`disable_sdpa`), the one that exposes the attention logits.
 Method names are the candidate protocol's (`run`, `run_patched`, `run_stage`,
 `encode`, `front_end`).
 
-Precision: float32 as shipped (the modules share the checkpoint's tensors); float64
+Precision: float32 as shipped (the modules share the checkpoint's float32 encoder tensors, converted
+once for every runner and candidate); float64
 by a float64 copy of each stage's modules made as the stage runs (openai-whisper's
 LayerNorm run as plain `nn.LayerNorm`, since its float32 cast would mix dtypes), so
 the truth never holds a second full copy of the weights; float16/bfloat16 the
@@ -31,10 +32,11 @@ from torch import nn
 from whisper.model import AudioEncoder, LayerNorm, disable_sdpa
 
 from .. import audio
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, on_meta
 from ..devices import torch_device
 from ..errors import FidelityError
 from ..precisions import torch_dtype
+from ..provenance import reference_platform
 from ..taps import CONV_STEM, ENCODER_OUTPUT, LN_POST, Stage, stages
 from .arithmetic import IEEE, arithmetic
 
@@ -66,10 +68,10 @@ class TorchRunner:
         self.dtype, self.arithmetic, self.tf32_convolutions = dtype, arithmetic, tf32_convolutions
         self.device = torch_device(device)
         d = checkpoint.dims
-        with torch.device("meta"):
+        with on_meta():
             encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer)
         prefix = "encoder."
-        state = {k[len(prefix):]: v.to(torch.float32) for k, v in checkpoint.state.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in checkpoint.encoder_state.items()}
         positional = state.pop("positional_embedding")  # a buffer: assigned below
         encoder.load_state_dict(state, strict=False, assign=True)  # shares the checkpoint's float32 tensors
         encoder.register_buffer("positional_embedding", positional)
@@ -80,6 +82,14 @@ class TorchRunner:
         self.dims = d
         self.stages = stages(d)
         self._stem = _ConvStem(self.encoder)
+
+    def identity(self) -> dict:
+        """What this runner's numbers depend on besides the weights and the input (the reference cache's key)."""
+        where = (f"cuda:{torch.cuda.get_device_name(self.device)}:{torch.version.cuda}" if self.device.type == "cuda"
+                 else "cpu")
+        arithmetic = self.arithmetic if self.arithmetic == IEEE else f"{self.arithmetic}-operands-truncated"
+        return {"dtype": self.dtype, "device": where, "arithmetic": arithmetic,
+                "tf32_convolutions": self.tf32_convolutions, "platform": reference_platform()}
 
     # -- the protocol's jobs -------------------------------------------------------
     def run(self, mel: np.ndarray, taps: Sequence[str]) -> Arrays:

@@ -129,7 +129,7 @@ def _examine(config: Configuration, checkpoint: Checkpoint, clip: audio.Clip, re
                       dtype=config.dtype, attention=config.attention or "matmul", e2e=plan.e2e, truth=plan.truth,
                       command=plan.command)
     log.info("examining %s", config.label)
-    return Examiner(request, references).examine()
+    return Examiner(request, shared_references=references).examine()
 
 
 def _fidelity(examination: Examination) -> dict:

@@ -17,6 +17,7 @@ from ..devices import torch_device
 from ..e2e import candidate_encoder, error_rates, transcribe_with
 from ..flow.examine import examine
 from ..flow.request import Request
+from ..reference.store import default_folder
 from ..report.report_files import write_report
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ def transcription_times(model_name: str, device: str, lengths: list[int], repeat
 
 def compare_wall(runs: int, model: str, device: str) -> dict:
     """Median wall time of the whole `compare --layer all` examination in this process: checkpoint, candidate
-    (graphs from the MEF store), references, metrics and the written report, after one warm-up run.
-    Python's imports (about 1.5 s, once per process) are not included."""
-    request = Request(model=model, device=device)
+    (graphs from the MEF store), references (kept by content, as `compare` keeps them: the warm-up run
+    computes them), metrics and the written report, after one warm-up run. Python's imports (about 1.5 s,
+    once per process) are not included."""
+    request = Request(model=model, device=device, reference_cache=default_folder())
 
     def once() -> None:
         examination = examine(request)
