@@ -81,18 +81,23 @@ class Examiner:
         front = (tapmod.FRONT_END_TAP,) if self.candidate.has_front_end else ()
         self.plan = Plan(front + tuple(t.name for t in selected), request.isolate, request.consistency,
                          request.strict_fp32)
+        self.references = references or self._references_from(shared_references)
+        self._whisper = None
+
+    def _references_from(self, shared: dict | None) -> References:
+        """The references this candidate needs, drawn from `shared` (a pool keyed by how they run) or made."""
+        request = self.request
         how = (self.checkpoint.encoder_digest, self.candidate.floor_dtype, request.device, request.tf32_reference,
                self._tf32_floor(), self.candidate.convolutions_as_matmuls, str(request.reference_cache))
-        pool = shared_references if shared_references is not None else {}
-        if references is None and how not in pool:
+        pool = shared if shared is not None else {}
+        if how not in pool:
             store = ReferenceStore(request.reference_cache) if request.reference_cache is not None else None
+            in_memory = SHARED_REFERENCE_BYTES if shared is not None and store is None else 0
             pool[how] = References(self.checkpoint, self.candidate.floor_dtype, request.device,
                                    tf32_reference=request.tf32_reference, tf32_floor=self._tf32_floor(),
                                    tf32_convolutions=self.candidate.convolutions_as_matmuls, store=store,
-                                   cache_bytes=SHARED_REFERENCE_BYTES if shared_references is not None and store is None
-                                   else 0)
-        self.references = references or pool[how]
-        self._whisper = None
+                                   cache_bytes=in_memory)
+        return pool[how]
 
     def _tf32_floor(self) -> bool:
         """Whether to measure the TF32-matmul floor: asked for, or by default for float32 on a GPU."""
