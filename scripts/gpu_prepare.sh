@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # On the GPU machine, after the staged parts are in /root/stage: install MAX and friends, put tiny.en.pt
-# (sent in two pieces) and any carried MEFs into FIDELITY_CACHE. Source it: it exports PYTHONPATH and
-# FIDELITY_CACHE. `gpu_keep_mefs` copies the MEF store under $OUT so that the graphs compiled there come back.
+# and any carried MEFs into FIDELITY_CACHE. Source it: it exports PYTHONPATH and FIDELITY_CACHE.
+# `gpu_keep_mefs` copies the MEF store under $OUT so that the graphs compiled there come back.
+# tiny.en.pt (76 MB) is over one transfer's 64 MiB, so it travels in two pieces, made here with
+#   split -b 40M -d -a 1 ~/.cache/fidelity/tiny.en.pt tiny.en.pt.part-
+# part-0 copied into $FIDELITY_CACHE by an earlier call, part-1 and tiny.en.json carried in .gpu-model/b;
+# MEFs from `python -m fidelity.precompile` (FIDELITY_CACHE=.gpu-cache) carried in .gpu-cache/mef.
 FIDELITY_CACHE="${FIDELITY_CACHE:-/root/fcache}"
 export FIDELITY_CACHE PYTHONPATH="$PWD:/root/site"
 last="$(ls -d .gpu-stage/part-* | tail -n 1)"
