@@ -58,6 +58,8 @@ def test_rounding_is_tf32s():
 def test_truncation_drops_the_low_13_bits():
     x = torch.tensor([1.0, 1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -11, -(1 + 2 ** -11), 3.14159265, float("inf")])
     assert truncate_to_tf32(x).tolist() == [1.0, 1.0, 1 + 2 ** -10, -1.0, 3.140625, float("inf")]
+    nan_in_low_bits = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)  # a NaN whose payload is cut
+    assert torch.isnan(truncate_to_tf32(nan_in_low_bits)).all()
     values = torch.randn(10000) * 100
     cut = truncate_to_tf32(values)
     assert torch.all(cut.abs() <= values.abs()) and torch.all((values - cut).abs() < values.abs() * 2 ** -10)

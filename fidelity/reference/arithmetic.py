@@ -58,7 +58,8 @@ def truncate_to_tf32(tensor: torch.Tensor) -> torch.Tensor:
     """A float32 tensor cut to TF32's 10-bit mantissa (the low 13 bits dropped: toward zero); others unchanged."""
     if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
         return tensor
-    return (tensor.contiguous().view(torch.int32) & _KEEP).view(torch.float32)
+    cut = (tensor.contiguous().view(torch.int32) & _KEEP).view(torch.float32)
+    return torch.where(torch.isfinite(tensor), cut, tensor)  # a NaN stays a NaN whatever its payload
 
 
 class EmulatedTF32(TorchFunctionMode):

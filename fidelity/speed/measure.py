@@ -39,7 +39,6 @@ from .timing import Sync, check_counts, median_ms, synchronizer
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BenchPlan:
     """What to time and examine: candidate specs x `dtypes` x `attentions`, at each batch of `batches`, beside
