@@ -27,6 +27,7 @@ from .configs import Configuration
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ClipInput:
     """A clip as a worker receives it: its bytes travel with it (no shared filesystem needed)."""
